@@ -1,0 +1,27 @@
+"""adam_optax: Adam (Kingma & Ba, 2015) from small, pure, composable optax pieces."""
+
+from adam_optax.bias import bias_correct
+from adam_optax.lr import scale_by_lr
+from adam_optax.moments import Moments, MomentsState, scale_by_infinity_moments, scale_by_moments
+from adam_optax.normalize import normalize
+from adam_optax.optimizers import adam, adamax, adamw, amsgrad, nadam
+from adam_optax.running_max import RunningMaxState, running_max
+
+__version__ = "0.1.0"
+
+__all__ = [
+  "Moments",
+  "MomentsState",
+  "RunningMaxState",
+  "adam",
+  "adamax",
+  "adamw",
+  "amsgrad",
+  "bias_correct",
+  "nadam",
+  "normalize",
+  "running_max",
+  "scale_by_infinity_moments",
+  "scale_by_lr",
+  "scale_by_moments",
+]

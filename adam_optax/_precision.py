@@ -1,0 +1,74 @@
+"""The dtype policy of every piece, stated once.
+
+* Storage: a moment is stored in the dtype the user asked for (``mu_dtype``,
+  ``nu_dtype``) or else in the params' dtype, as in optax. A second moment of
+  complex params is real (it averages ``|g|^2``), so it is stored in the
+  params' real dtype.
+* Arithmetic: every piece computes in at least float32 (``compute_dtype``), so
+  bfloat16/float16 storage loses precision only when a result is stored, and
+  ``eps = 1e-8`` never underflows to 0. For float32 and float64 inputs the
+  upcast is the identity, which keeps results bit-identical to optax.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import DTypeLike
+
+
+def compute_dtype(dtype: DTypeLike) -> np.dtype:
+  """The dtype arithmetic is done in: ``dtype`` promoted to at least float32."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def upcast(tree: chex.ArrayTree) -> chex.ArrayTree:
+  """Casts every leaf to its :func:`compute_dtype` (a no-op for float32)."""
+  return jax.tree.map(lambda x: jnp.asarray(x).astype(compute_dtype(jnp.result_type(x))), tree)
+
+
+def real_dtype(dtype: DTypeLike) -> np.dtype:
+  """The real counterpart of a dtype (complex64 -> float32; float -> itself)."""
+  return jnp.finfo(dtype).dtype
+
+
+def zeros(params: chex.ArrayTree, dtype: DTypeLike | None, *, real: bool = False) -> chex.ArrayTree:
+  """Storage for a moment: ``dtype`` if given, else the params' (real) dtype."""
+
+  def leaf(p: chex.Array) -> chex.Array:
+    storage = jnp.result_type(p) if dtype is None else jnp.dtype(dtype)
+    return jnp.zeros(jnp.shape(p), real_dtype(storage) if real else storage)
+
+  return jax.tree.map(leaf, params)
+
+
+def cast_like(tree: chex.ArrayTree, like: chex.ArrayTree) -> chex.ArrayTree:
+  """Casts ``tree`` to the dtypes of ``like`` leaf by leaf (back to storage)."""
+  return jax.tree.map(lambda x, ref: x.astype(ref.dtype), tree, like)
+
+
+def warn_if_decay_vanishes(name: str, decay: Any, storage: chex.ArrayTree) -> None:
+  """Warns when a storage dtype cannot represent one step of an EMA.
+
+  With ``decay`` closer to 1 than half the dtype's machine epsilon,
+  ``decay * x`` rounds back to ``x`` (e.g. ``0.999 * v`` in bfloat16), so the
+  moving average stops moving once stored. Traced decays are not checked.
+  """
+  if not isinstance(decay, (int, float)):
+    return
+  dtypes = {real_dtype(jnp.result_type(x)) for x in jax.tree.leaves(storage)}
+  stuck = sorted(d.name for d in dtypes if (1.0 - decay) < float(jnp.finfo(d).eps) / 2)
+  if stuck:
+    moment = {"b1": "mu", "b2": "nu"}[name]
+    warnings.warn(
+      f"{name}={decay} cannot move a moment stored in {', '.join(stuck)}: "
+      f"{name} * x rounds back to x, so the moving average stops moving. "
+      f"Store it in float32 ({moment}_dtype=jnp.float32).",
+      UserWarning,
+      stacklevel=3,
+    )

@@ -1,0 +1,116 @@
+"""Hyper-parameter and gradient-tree checks, in one place.
+
+Concrete Python numbers are checked once, when a transformation is built.
+Arrays and tracers (what :func:`optax.inject_hyperparams` passes) go through
+unchecked: their values are not known to Python, and checking them on device
+would cost every step.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.typing import DTypeLike
+
+
+def _is_concrete(value: Any) -> bool:
+  return isinstance(value, numbers.Real)
+
+
+def check_decay(name: str, value: Any) -> None:
+  """Checks ``0 <= value < 1`` for a decay rate such as ``b1`` or ``b2``."""
+  if _is_concrete(value) and not 0.0 <= value < 1.0:
+    raise ValueError(f"{name}={value!r} is out of range: expected 0 <= {name} < 1.")
+
+
+def check_non_negative(name: str, value: Any) -> None:
+  """Checks ``value >= 0`` for an epsilon such as ``eps`` or ``eps_root``."""
+  if _is_concrete(value) and not value >= 0.0:
+    raise ValueError(f"{name}={value!r} is out of range: expected {name} >= 0.")
+
+
+def check_finite(name: str, value: Any) -> None:
+  """Checks that a number (a learning rate, a weight decay) is finite.
+
+  Schedules (callables), arrays and tracers are accepted as they are.
+  """
+  if _is_concrete(value) and not math.isfinite(value):
+    raise ValueError(f"{name}={value!r} is out of range: expected a finite number.")
+
+
+def check_inexact_dtype(name: str, dtype: DTypeLike | None) -> None:
+  """Checks that a storage dtype, when given, is floating or complex."""
+  if dtype is None:
+    return
+  try:
+    inexact = jnp.issubdtype(jnp.dtype(dtype), jnp.inexact)
+  except TypeError as error:
+    raise ValueError(
+      f"{name}={dtype!r} is not a dtype: expected a floating or complex dtype such as jnp.float32."
+    ) from error
+  if not inexact:
+    raise ValueError(
+      f"{name}={jnp.dtype(dtype).name} is out of range: expected "
+      "a floating or complex dtype such as jnp.float32."
+    )
+
+
+def _path_str(path: tuple[Any, ...]) -> str:
+  return jax.tree_util.keystr(path) or "<root>"
+
+
+def check_gradients(piece: str, updates: Any, reference: Any) -> None:
+  """Checks that gradients match the state's tree, shapes and kind of dtype.
+
+  All checks are on static structure and shapes, so they run once at trace
+  time and cost nothing per step.
+
+  Args:
+    piece: the name of the transformation, for the error message.
+    updates: the gradients handed to ``update``.
+    reference: a state tree laid out like the params (e.g. ``state.mu``).
+
+  Raises:
+    ValueError: naming the first path where structure or shape differ.
+    TypeError: naming the first path whose gradient is not floating/complex.
+  """
+  got, got_def = jax.tree_util.tree_flatten_with_path(updates)
+  want, want_def = jax.tree_util.tree_flatten_with_path(reference)
+  if got_def != want_def:
+    got_paths = [_path_str(p) for p, _ in got]
+    want_paths = [_path_str(p) for p, _ in want]
+    for index, (g, w) in enumerate(zip(got_paths, want_paths, strict=False)):
+      if g != w:
+        raise ValueError(
+          f"{piece}: the gradient tree does not match the optimizer state: "
+          f"leaf #{index} is at {g} in the gradients but at {w} in the "
+          "state (built from the params given to init)."
+        )
+    if len(got_paths) != len(want_paths):
+      first = min(len(got_paths), len(want_paths))
+      extra, where = (
+        (got_paths[first], "the gradients have")
+        if len(got_paths) > first
+        else (want_paths[first], "the gradients lack")
+      )
+      raise ValueError(
+        f"{piece}: the gradient tree does not match the optimizer state: {where} a leaf at {extra}."
+      )
+    raise ValueError(
+      f"{piece}: the gradient tree does not match the optimizer state: {got_def} != {want_def}."
+    )
+  for (path, g), (_, w) in zip(got, want, strict=True):
+    if jnp.shape(g) != jnp.shape(w):
+      raise ValueError(
+        f"{piece}: the gradient at {_path_str(path)} has shape {jnp.shape(g)} "
+        f"but the optimizer state expects {jnp.shape(w)}."
+      )
+    if not jnp.issubdtype(jnp.result_type(g), jnp.inexact):
+      raise TypeError(
+        f"{piece}: the gradient at {_path_str(path)} has dtype "
+        f"{jnp.result_type(g).name}; gradients must be floating or complex."
+      )

@@ -1,0 +1,42 @@
+"""The ``adam-optax`` command: ``compare`` (the paper's experiments) and ``bench``.
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)``
+and ``run(args, parser) -> int``; this file only dispatches, importing the module
+of the chosen subcommand alone so that ``adam-optax --help`` stays instant.
+A subcommand reports bad flags with ``parser.error`` (one line, exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+_SUBCOMMANDS = {
+  "compare": (
+    "adam_optax.experiments.compare",
+    "train the paper's problems with Adam and other optimizers; write results",
+  ),
+  "bench": ("adam_optax.bench", "time one Adam step against optax.adam and the roofline"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs ``adam-optax``; returns the exit code (2 for bad flags)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = argparse.ArgumentParser(prog="adam-optax", description=__doc__.splitlines()[0])
+  subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  chosen = next((a for a in argv if a in _SUBCOMMANDS), None)
+  parsers = {}
+  for name, (module_name, help_text) in _SUBCOMMANDS.items():
+    parsers[name] = subparsers.add_parser(name, help=help_text, description=help_text)
+    if name == chosen:
+      importlib.import_module(module_name).add_arguments(parsers[name])
+  args = parser.parse_args(argv)
+  module = importlib.import_module(_SUBCOMMANDS[args.command][0])
+  return int(module.run(args, parsers[args.command]))
+
+
+if __name__ == "__main__":
+  sys.exit(main())

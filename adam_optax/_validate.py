@@ -63,6 +63,42 @@ def _path_str(path: tuple[Any, ...]) -> str:
   return jax.tree_util.keystr(path) or "<root>"
 
 
+def _children(node: Any) -> tuple[list[tuple[Any, Any]], Any]:
+  """The keyed children of the root of a tree, and the root's one-level treedef."""
+  return jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda child: child is not node)
+
+
+def _first_mismatch(got: Any, want: Any, path: tuple[Any, ...] = ()) -> str | None:
+  """Describes the first node (depth first) where two trees differ, or ``None``.
+
+  Compares one level at a time, so that containers of another type (a tuple
+  for a list) are found as well as extra or missing entries.
+  """
+  got_children, got_def = _children(got)
+  want_children, want_def = _children(want)
+  if got_def == want_def:
+    if jax.tree_util.treedef_is_leaf(got_def):
+      return None
+    for (key, g), (_, w) in zip(got_children, want_children, strict=True):
+      found = _first_mismatch(g, w, path + key)
+      if found is not None:
+        return found
+    return None
+  got_keys = [key for key, _ in got_children]
+  want_keys = [key for key, _ in want_children]
+  if type(got) is type(want) and got_keys != want_keys:
+    for key in got_keys:
+      if key not in want_keys:
+        return f"the gradients have an entry at {_path_str(path + key)} that the state lacks"
+    for key in want_keys:
+      if key not in got_keys:
+        return f"the gradients lack the entry at {_path_str(path + key)}"
+  return (
+    f"at {_path_str(path)} the gradients have a node of type {type(got).__name__} "
+    f"({got_def}) where the state has one of type {type(want).__name__} ({want_def})"
+  )
+
+
 def check_gradients(piece: str, updates: Any, reference: Any) -> None:
   """Checks that gradients match the state's tree, shapes and kind of dtype.
 
@@ -81,27 +117,10 @@ def check_gradients(piece: str, updates: Any, reference: Any) -> None:
   got, got_def = jax.tree_util.tree_flatten_with_path(updates)
   want, want_def = jax.tree_util.tree_flatten_with_path(reference)
   if got_def != want_def:
-    got_paths = [_path_str(p) for p, _ in got]
-    want_paths = [_path_str(p) for p, _ in want]
-    for index, (g, w) in enumerate(zip(got_paths, want_paths, strict=False)):
-      if g != w:
-        raise ValueError(
-          f"{piece}: the gradient tree does not match the optimizer state: "
-          f"leaf #{index} is at {g} in the gradients but at {w} in the "
-          "state (built from the params given to init)."
-        )
-    if len(got_paths) != len(want_paths):
-      first = min(len(got_paths), len(want_paths))
-      extra, where = (
-        (got_paths[first], "the gradients have")
-        if len(got_paths) > first
-        else (want_paths[first], "the gradients lack")
-      )
-      raise ValueError(
-        f"{piece}: the gradient tree does not match the optimizer state: {where} a leaf at {extra}."
-      )
+    mismatch = _first_mismatch(updates, reference) or f"{got_def} != {want_def}"
     raise ValueError(
-      f"{piece}: the gradient tree does not match the optimizer state: {got_def} != {want_def}."
+      f"{piece}: the gradient tree does not match the optimizer state (built from "
+      f"the params given to init): {mismatch}."
     )
   for (path, g), (_, w) in zip(got, want, strict=True):
     if jnp.shape(g) != jnp.shape(w):

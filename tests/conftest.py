@@ -1,0 +1,67 @@
+"""Shared fixtures: the parameter trees the tests run on, and float64 mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+
+def _nested(rng: np.random.Generator) -> chex.ArrayTree:
+  """Dict, list and tuple nesting with a scalar leaf."""
+  return {
+    "scale": jnp.asarray(rng.normal(), jnp.float32),
+    "blocks": [
+      jnp.asarray(rng.normal(size=(3,)), jnp.float32),
+      (
+        jnp.asarray(rng.normal(size=(2, 2)), jnp.float32),
+        jnp.asarray(rng.normal(size=(1,)), jnp.float32),
+      ),
+    ],
+  }
+
+
+def _mlp(rng: np.random.Generator) -> chex.ArrayTree:
+  """A two-layer perceptron's weights and biases."""
+  return {
+    "layer": {
+      "w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+      "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32),
+    },
+    "out": {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)},
+  }
+
+
+def _matrix(rng: np.random.Generator) -> chex.ArrayTree:
+  """A bare array is a tree too."""
+  return jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+
+
+TREES: dict[str, Callable[[np.random.Generator], chex.ArrayTree]] = {
+  "nested": _nested,
+  "mlp": _mlp,
+  "matrix": _matrix,
+}
+
+
+@pytest.fixture(params=sorted(TREES))
+def tree(request: pytest.FixtureRequest) -> chex.ArrayTree:
+  """Random float32 params, one test per tree shape in ``TREES``."""
+  return TREES[request.param](np.random.default_rng(0))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+  """A seeded NumPy generator, fresh for each test."""
+  return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def x64() -> Iterator[None]:
+  """Runs the test with 64-bit JAX types (float64 params and arithmetic)."""
+  with jax.enable_x64(True):
+    yield

@@ -22,11 +22,13 @@ def normalize(
     u_t = \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
 
   :math:`\hat m_t/\sqrt{\hat v_t}` is the paper's signal-to-noise ratio: its
-  magnitude is at most about 1 and shrinks where gradients disagree (near an
-  optimum), which anneals the step. It is invariant to rescaling the
-  gradient by :math:`c > 0` (up to :math:`\epsilon`). ``eps_root`` puts a
-  term inside the square root, which keeps the derivative finite when
-  differentiating through the update (meta-learning). For AdaMax's
+  magnitude is about 1 or less in ordinary training and shrinks where gradients
+  disagree (near an optimum), which anneals the step. (It is not bounded by 1:
+  the paper's approximate bound is :math:`(1-\beta_1)/\sqrt{1-\beta_2}`, about
+  3.16 with the defaults, and the strict bound tends to about 7.27.) It is
+  invariant to rescaling the gradient by :math:`c > 0` (up to :math:`\epsilon`).
+  ``eps_root`` puts a term inside the square root, which keeps the derivative
+  finite when differentiating through the update (meta-learning). For AdaMax's
   infinity-norm moment (``order=inf``) the root is the identity.
 
   The result is computed in at least float32 and cast to the gradient's dtype.

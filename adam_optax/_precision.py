@@ -42,7 +42,8 @@ def zeros(params: chex.ArrayTree, dtype: DTypeLike | None, *, real: bool = False
 
   def leaf(p: chex.Array) -> chex.Array:
     storage = jnp.result_type(p) if dtype is None else jnp.dtype(dtype)
-    return jnp.zeros(jnp.shape(p), real_dtype(storage) if real else storage)
+    # zeros_like, not zeros(shape): the moment takes the param's sharding.
+    return jnp.zeros_like(p, dtype=real_dtype(storage) if real else storage)
 
   return jax.tree.map(leaf, params)
 

@@ -1,0 +1,44 @@
+"""Runs Python code in a fresh process, for tests that need their own JAX.
+
+JAX fixes its devices and config when first imported, so code that needs 8
+host devices, or a page of the docs that sets them up itself, runs apart from
+the pytest process.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_python(
+  args: list[str], *, stdin: str | None = None, xla_flags: str | None = None
+) -> subprocess.CompletedProcess[str]:
+  """Runs ``python *args`` in the repository root, with the repository importable.
+
+  Args:
+    args: the interpreter's arguments (a script, or ``-c`` and code).
+    stdin: text for the process's standard input.
+    xla_flags: ``XLA_FLAGS`` for the process; ``None`` runs it without any.
+
+  Returns:
+    The finished process, with its output captured as text.
+  """
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+  env.pop("XLA_FLAGS", None)
+  if xla_flags is not None:
+    env["XLA_FLAGS"] = xla_flags
+  return subprocess.run(
+    [sys.executable, *args],
+    input=stdin,
+    env=env,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )

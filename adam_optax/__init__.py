@@ -6,6 +6,7 @@ from adam_optax.moments import Moments, MomentsState, scale_by_infinity_moments,
 from adam_optax.normalize import normalize
 from adam_optax.optimizers import adam, adamax, adamw, amsgrad, nadam
 from adam_optax.running_max import RunningMaxState, running_max
+from adam_optax.sharding import zero1_shardings
 
 __version__ = "0.1.0"
 
@@ -24,4 +25,5 @@ __all__ = [
   "scale_by_infinity_moments",
   "scale_by_lr",
   "scale_by_moments",
+  "zero1_shardings",
 ]

@@ -1,6 +1,8 @@
 """adam_optax: Adam (Kingma & Ba, 2015) from small, pure, composable optax pieces."""
 
+from adam_optax.averaging import AveragedParamsState, average_params, averaged_params
 from adam_optax.bias import bias_correct
+from adam_optax.diagnosis import DiagnosticsState, diagnose, diagnostics
 from adam_optax.lr import scale_by_lr
 from adam_optax.moments import Moments, MomentsState, scale_by_infinity_moments, scale_by_moments
 from adam_optax.normalize import normalize
@@ -11,6 +13,8 @@ from adam_optax.sharding import zero1_shardings
 __version__ = "0.1.0"
 
 __all__ = [
+  "AveragedParamsState",
+  "DiagnosticsState",
   "Moments",
   "MomentsState",
   "RunningMaxState",
@@ -18,7 +22,11 @@ __all__ = [
   "adamax",
   "adamw",
   "amsgrad",
+  "average_params",
+  "averaged_params",
   "bias_correct",
+  "diagnose",
+  "diagnostics",
   "nadam",
   "normalize",
   "running_max",

@@ -16,10 +16,25 @@ from jax.typing import DTypeLike
 
 from adam_optax import _validate
 from adam_optax.bias import bias_correct
+from adam_optax.diagnosis import diagnose
 from adam_optax.lr import scale_by_lr
 from adam_optax.moments import scale_by_infinity_moments, scale_by_moments
 from adam_optax.normalize import normalize
 from adam_optax.running_max import running_max
+
+
+def _direction(
+  eps: chex.Numeric,
+  eps_root: chex.Numeric,
+  learning_rate: optax.ScalarOrSchedule,
+  diagnostics: bool,
+  **bias_correction: bool,
+) -> optax.GradientTransformation:
+  """``normalize``, wrapped by ``diagnose`` when diagnostics are asked for."""
+  piece = normalize(eps, eps_root)
+  if not diagnostics:
+    return piece
+  return diagnose(piece, learning_rate=learning_rate, **bias_correction)
 
 
 def adam(
@@ -32,6 +47,7 @@ def adam(
   mu_dtype: DTypeLike | None = None,
   nu_dtype: DTypeLike | None = None,
   nesterov: bool = False,
+  diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam: Algorithm 1 of the paper, as a chain of its four pieces.
 
@@ -67,6 +83,10 @@ def adam(
     mu_dtype: storage dtype of the first moment.
     nu_dtype: storage dtype of the second moment.
     nesterov: use the Nesterov first moment (that is :func:`nadam`).
+    diagnostics: wrap :func:`normalize` in :func:`diagnose`, which records
+      the step, its bounds and the signal-to-noise ratio in the state every
+      step (read them with :func:`diagnostics`). ``False`` gives exactly the
+      chain above; ``True`` gives the same updates.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
@@ -78,7 +98,7 @@ def adam(
   return optax.chain(
     scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
     bias_correct(nesterov=nesterov),
-    normalize(eps, eps_root),
+    _direction(eps, eps_root, learning_rate, diagnostics, nesterov=nesterov),
     scale_by_lr(learning_rate),
   )
 
@@ -95,6 +115,7 @@ def adamw(
   mu_dtype: DTypeLike | None = None,
   nu_dtype: DTypeLike | None = None,
   nesterov: bool = False,
+  diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW: :func:`adam` with weight decay decoupled from the moments.
 
@@ -128,6 +149,7 @@ def adamw(
     mu_dtype: see :func:`adam`.
     nu_dtype: see :func:`adam`.
     nesterov: see :func:`adam`.
+    diagnostics: see :func:`adam`; the recorded step excludes the weight decay.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
@@ -139,7 +161,7 @@ def adamw(
   return optax.chain(
     scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
     bias_correct(nesterov=nesterov),
-    normalize(eps, eps_root),
+    _direction(eps, eps_root, learning_rate, diagnostics, nesterov=nesterov),
     optax.add_decayed_weights(weight_decay, mask),
     scale_by_lr(learning_rate),
   )
@@ -154,6 +176,7 @@ def nadam(
   *,
   mu_dtype: DTypeLike | None = None,
   nu_dtype: DTypeLike | None = None,
+  diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NAdam: :func:`adam` with the Nesterov first moment of :func:`bias_correct`.
 
@@ -174,6 +197,7 @@ def nadam(
     eps_root: see :func:`adam`.
     mu_dtype: see :func:`adam`.
     nu_dtype: see :func:`adam`.
+    diagnostics: see :func:`adam`.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
@@ -182,7 +206,15 @@ def nadam(
     Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
   """
   return adam(
-    learning_rate, b1, b2, eps, eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype, nesterov=True
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    mu_dtype=mu_dtype,
+    nu_dtype=nu_dtype,
+    nesterov=True,
+    diagnostics=diagnostics,
   )
 
 
@@ -191,6 +223,8 @@ def adamax(
   b1: chex.Numeric = 0.9,
   b2: chex.Numeric = 0.999,
   eps: chex.Numeric = 1e-8,
+  *,
+  diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdaMax: Adam with the infinity norm in place of the second moment.
 
@@ -200,8 +234,10 @@ def adamax(
 
   The chain ``scale_by_infinity_moments(b1, b2, eps)``, ``bias_correct()``
   (which leaves :math:`u_t` alone), ``normalize(eps=0)`` (which divides by
-  :math:`u_t`) and ``scale_by_lr``. Its step is bounded by :math:`\alpha`
-  exactly: :math:`|\Delta_t| \le \alpha`. Agrees with :func:`optax.adamax`.
+  :math:`u_t`) and ``scale_by_lr``. The paper's
+  :math:`|\Delta_t| \le \alpha` is approximate: a gradient decaying by
+  :math:`\beta_2` per step exceeds it by about 0.9% with the defaults. Agrees
+  with :func:`optax.adamax`.
 
   Examples:
     >>> import jax.numpy as jnp, adam_optax as ao
@@ -215,6 +251,7 @@ def adamax(
     b1: see :func:`adam`.
     b2: decay of the infinity norm.
     eps: added to :math:`|g_t|` inside the maximum.
+    diagnostics: see :func:`adam`; the bounds are AdaMax's.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
@@ -225,7 +262,7 @@ def adamax(
   return optax.chain(
     scale_by_infinity_moments(b1, b2, eps),
     bias_correct(),
-    normalize(eps=0.0),
+    _direction(0.0, 0.0, learning_rate, diagnostics),
     scale_by_lr(learning_rate),
   )
 
@@ -241,6 +278,7 @@ def amsgrad(
   nu_dtype: DTypeLike | None = None,
   bias_correction_mu: bool = True,
   bias_correction_nu: bool = True,
+  diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AMSGrad: :func:`adam` with :func:`running_max` before :func:`normalize`.
 
@@ -269,6 +307,7 @@ def amsgrad(
     bias_correction_mu: bias-correct the first moment.
     bias_correction_nu: bias-correct the second moment before the maximum
       (``False`` for both gives the original paper's AMSGrad).
+    diagnostics: see :func:`adam`.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
@@ -280,6 +319,13 @@ def amsgrad(
     scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
     bias_correct(mu=bias_correction_mu, nu=bias_correction_nu),
     running_max(nu_dtype=nu_dtype),
-    normalize(eps, eps_root),
+    _direction(
+      eps,
+      eps_root,
+      learning_rate,
+      diagnostics,
+      mu=bias_correction_mu,
+      nu=bias_correction_nu,
+    ),
     scale_by_lr(learning_rate),
   )

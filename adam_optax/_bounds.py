@@ -1,0 +1,146 @@
+r"""The step-size bounds of section 2.1 of the paper, and a strict one.
+
+The paper bounds Adam's effective step :math:`\Delta_t = \alpha\, \hat m_t /
+\sqrt{\hat v_t}` (with :math:`\epsilon = 0`) by
+
+.. math::
+
+  |\Delta_t| \lessapprox \alpha \frac{1 - \beta_1}{\sqrt{1 - \beta_2}}
+  \text{ if } 1 - \beta_1 > \sqrt{1 - \beta_2}, \text{ else } \alpha,
+
+reached by the most severe sparsity (zero gradients for a long time, then one
+non-zero). It is approximate: a steadily growing gradient exceeds it (by about
+17% after 300 steps with the default decay rates). Cauchy–Schwarz on
+:math:`\hat m_t = \sum_{k=0}^{t-1} w_k\, g_{t-k}` against
+:math:`v_t = (1 - \beta_2) \sum_k \beta_2^k g_{t-k}^2` gives a bound that holds
+for every gradient stream:
+
+.. math::
+
+  \frac{|\hat m_t|}{\sqrt{\hat v_t}} \le
+  \sqrt{\frac{b_t}{1 - \beta_2} \sum_{k=0}^{t-1} \frac{w_k^2}{\beta_2^k}},
+
+where :math:`b_t` is the factor :math:`\hat v_t = v_t / b_t` was divided by.
+Adam's weights :math:`w_k = (1-\beta_1)\beta_1^k / (1-\beta_1^t)` give the
+closed form (with :math:`\gamma = \beta_1^2 / \beta_2`)
+
+.. math::
+
+  |\Delta_t| \le \alpha \frac{(1 - \beta_1) \sqrt{1 - \beta_2^t}}
+  {(1 - \beta_1^t) \sqrt{1 - \beta_2}} \sqrt{\frac{1 - \gamma^t}{1 - \gamma}},
+
+tight for the stream :math:`g_{t-k} \propto (\beta_1/\beta_2)^k` and finite for
+every :math:`t` (it grows with :math:`t` when :math:`\gamma \ge 1`). An
+:math:`\epsilon > 0` only shrinks the step, so the bound still holds. For
+AdaMax, :math:`u_t \ge \beta_2^k |g_{t-k}|` gives
+:math:`|\hat m_t| / u_t \le \sum_k w_k / \beta_2^k`: the paper's
+:math:`|\Delta_t| \le \alpha` is approximate too (a gradient decaying like
+:math:`\beta_2^t` exceeds it by up to
+:math:`(1-\beta_1)/(1-\beta_1/\beta_2) - 1`, 0.9% with the defaults).
+
+Everything here is in units of :math:`\alpha` (the bound on
+:math:`|\hat m_t| / \sqrt{\hat v_t}`), and is computed with the same
+expressions as the moments and the bias correction (``1 - b1`` and
+``1 - b1**t`` on the same values), so the bound and the step see the same
+rounding.
+
+References:
+  Kingma & Ba, 2015, sections 2.1 and 7.1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax.numpy as jnp
+
+
+def geometric_sum(ratio: chex.Numeric, count: chex.Array) -> chex.Array:
+  r""":math:`\sum_{k=0}^{t-1} r^k` for :math:`r \in [0, \infty]`, :math:`t \ge 1`.
+
+  Computed as ``expm1(t log r) / expm1(log r)``, accurate for :math:`r` near 1;
+  :math:`r = 1` gives :math:`t`, :math:`r = \infty` gives 1 at :math:`t = 1` and
+  :math:`\infty` after.
+  """
+  ratio = jnp.asarray(ratio, jnp.float32)
+  t = jnp.asarray(count, jnp.float32)
+  log_ratio = jnp.log(ratio)
+  # Both branches are evaluated; the where picks the finite one.
+  closed_form = jnp.expm1(t * log_ratio) / jnp.expm1(log_ratio)
+  infinite = jnp.where(t <= 1, 1.0, jnp.inf)
+  return jnp.where(ratio == 1, t, jnp.where(jnp.isinf(ratio), infinite, closed_form))
+
+
+def _ratio(numerator: chex.Numeric, b2: chex.Numeric) -> chex.Array:
+  """``numerator / b2``, with 0 when the numerator is 0 (even for ``b2 = 0``)."""
+  numerator = jnp.asarray(numerator, jnp.float32)
+  b2 = jnp.asarray(b2, jnp.float32)
+  return jnp.where(numerator == 0, 0.0, numerator / b2)
+
+
+def _first_moment_weights(
+  b1: chex.Numeric, count: chex.Array, *, nesterov: bool, mu: bool
+) -> tuple[chex.Array, chex.Array]:
+  r"""``(c, d)`` with :math:`\hat m_t = \sum_k (c\,\beta_1^k + d\,[k=0])\, g_{t-k}`.
+
+  The weights :func:`ao.bias_correct` gives the gradients: Adam's
+  :math:`c = (1-\beta_1)/(1-\beta_1^t)`, :math:`d = 0`; NAdam's
+  :math:`c = \beta_1(1-\beta_1)/(1-\beta_1^{t+1})`, :math:`d = (1-\beta_1)/(1-\beta_1^t)`.
+  """
+  correction = 1 - b1**count
+  if nesterov:
+    return b1 * (1 - b1) / (1 - b1 ** (count + 1)), (1 - b1) / correction
+  scale = 1 - b1
+  return (scale / correction if mu else jnp.asarray(scale, jnp.float32)), jnp.zeros([])
+
+
+def strict_bound(
+  b1: chex.Numeric,
+  b2: chex.Numeric,
+  count: chex.Array,
+  *,
+  order: float = 2.0,
+  nesterov: bool = False,
+  mu: bool = True,
+  nu: bool = True,
+) -> chex.Array:
+  r"""The bound on :math:`|\hat m_t| / \sqrt{\hat v_t}` that holds for every stream.
+
+  Args:
+    b1: :math:`\beta_1` as the moments used it.
+    b2: :math:`\beta_2` as the moments used it.
+    count: the step :math:`t \ge 1`.
+    order: 2 for Adam's :math:`v_t`, ``math.inf`` for AdaMax's :math:`u_t`.
+    nesterov: the first moment is NAdam's (``ao.bias_correct(nesterov=True)``).
+    mu: the first moment was bias-corrected.
+    nu: the second moment was bias-corrected (ignored for ``order=inf``).
+
+  Returns:
+    A float32 scalar, :math:`+\infty` when no bound exists (``b2 = 0 < b1``
+    after the first step).
+
+  References:
+    Kingma & Ba, 2015, section 2.1 (this module's docstring derives it).
+  """
+  c, d = _first_moment_weights(b1, count, nesterov=nesterov, mu=mu)
+  if order == math.inf:
+    return c * geometric_sum(_ratio(b1, b2), count) + d
+  weights = c**2 * geometric_sum(_ratio(b1**2, b2), count) + 2 * c * d + d**2
+  second = (1 - b2**count) if nu else 1.0
+  return jnp.sqrt(weights * second / (1 - b2)).astype(jnp.float32)
+
+
+def paper_bound(b1: chex.Numeric, b2: chex.Numeric, *, order: float = 2.0) -> chex.Array:
+  r"""The paper's approximate bound on :math:`|\hat m_t| / \sqrt{\hat v_t}`.
+
+  :math:`(1-\beta_1)/\sqrt{1-\beta_2}` when :math:`1-\beta_1 > \sqrt{1-\beta_2}`,
+  else 1; for AdaMax (``order=inf``) 1.
+
+  References:
+    Kingma & Ba, 2015, section 2.1 and section 7.1.
+  """
+  if order == math.inf:
+    return jnp.ones([], jnp.float32)
+  first, root = jnp.asarray(1 - b1, jnp.float32), jnp.sqrt(jnp.asarray(1 - b2, jnp.float32))
+  return jnp.where(first > root, first / root, 1.0).astype(jnp.float32)

@@ -1,0 +1,468 @@
+"""Diagnostics: recorded values against NumPy, the bounds, the reader, the wrappers."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import adam_optax as ao
+from adam_optax.diagnosis import SLACK, DiagnosticsState, diagnose, diagnostics
+
+PARAMS = {"w": jnp.zeros((4, 5)), "b": jnp.zeros(5)}
+
+
+def _stream(rng: np.random.Generator, steps: int) -> dict[str, np.ndarray]:
+  """Noisy gradients of varied scale; one coordinate grows, one is sparse, one decays."""
+  w = rng.normal(size=(steps, 4, 5)) * np.exp(rng.normal(size=(steps, 1, 1)))
+  w[:, 0, 0] = (0.95 / 0.9) ** np.arange(steps)  # grows: leaves the paper's bound
+  w[:, 0, 1] = np.where(np.arange(steps) % 9 == 8, 5.0, 0.0)  # sparse
+  w[:, 0, 2] = 0.95 ** np.arange(steps)  # decays: leaves AdaMax's paper bound
+  b = rng.normal(size=(steps, 5)) + 0.5
+  return {"w": w.astype(np.float32), "b": b.astype(np.float32)}
+
+
+def _run(
+  tx: optax.GradientTransformation, grads: Any, params: Any = PARAMS, *, record: bool = True
+) -> Any:
+  """Every step's diagnostics (stacked, if ``record``), the final state and the updates."""
+
+  state, (history, updates) = _jit_scan(tx, grads, params, record)
+  return jax.tree.map(np.asarray, history), state, updates
+
+
+def _scan(tx: optax.GradientTransformation, grads: Any, params: Any, record: bool = True) -> Any:
+  """``lax.scan`` over the steps, collecting ``diagnostics(state)`` and the updates."""
+
+  def body(state, g):
+    updates, state = tx.update(g, state, params)
+    return state, (diagnostics(state) if record else {}, updates)
+
+  return jax.lax.scan(body, tx.init(params), grads)
+
+
+_jit_scan = jax.jit(_scan, static_argnums=(0, 3))
+
+
+def _numpy_diagnostics(
+  grads: dict[str, np.ndarray], alphas: np.ndarray, b1: float, b2: float, eps: float, kind: str
+) -> dict[str, np.ndarray]:
+  """The same numbers, from the same stream, in float64 NumPy, the bounds by brute force."""
+  g = np.concatenate([grads["b"].reshape(len(alphas), -1), grads["w"].reshape(len(alphas), -1)], 1)
+  g = g.astype(np.float64)
+  m, v, v_max, out = np.zeros(g.shape[1]), np.zeros(g.shape[1]), np.zeros(g.shape[1]), []
+  corrected = kind != "amsgrad_uncorrected"
+  for t in range(1, len(g) + 1):
+    gt = g[t - 1]
+    m = b1 * m + (1 - b1) * gt
+    weights = (1 - b1) * b1 ** np.arange(t)  # m_t = sum_k weights[k] g_{t-k}
+    if kind == "adamax":
+      v = np.maximum(b2 * v, np.abs(gt) + eps)
+      m_hat, root, nu_factor = m / (1 - b1**t), v, 1.0
+      weights = weights / (1 - b1**t)
+      strict = np.sum(weights / b2 ** np.arange(t))
+      paper = 1.0
+    else:
+      v = b2 * v + (1 - b2) * gt**2
+      mu_factor, nu_factor = (1 - b1**t, 1 - b2**t) if corrected else (1.0, 1.0)
+      m_hat, v_hat = m / mu_factor, v / nu_factor
+      weights = weights / mu_factor
+      if kind == "nadam":
+        m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * gt / (1 - b1**t)
+        weights = b1 * (1 - b1) * b1 ** np.arange(t) / (1 - b1 ** (t + 1))
+        weights[0] += (1 - b1) / (1 - b1**t)
+      if kind.startswith("amsgrad"):
+        v_max = v_hat = np.maximum(v_max, v_hat)
+      root = np.sqrt(v_hat) + eps
+      strict = np.sqrt(nu_factor / (1 - b2) * np.sum(weights**2 / b2 ** np.arange(t)))
+      paper = (1 - b1) / np.sqrt(1 - b2) if (1 - b1) > np.sqrt(1 - b2) else 1.0
+    snr = np.abs(m_hat) / root
+    alpha = alphas[t - 1]
+    out.append(
+      {
+        "step_max": alpha * snr.max(),
+        "step_mean": alpha * snr.mean(),
+        "bound_paper": alpha * paper,
+        "bound_strict": alpha * strict,
+        "above_paper": np.mean(snr > paper),
+        "above_strict": np.mean(snr > strict),
+        "snr_max": snr.max(),
+        "snr_mean": snr.mean(),
+        "bias_correction_mu": 1 - b1**t if corrected else 1.0,
+        "bias_correction_nu": nu_factor,
+        "grad_norm": np.linalg.norm(gt),
+        "mu_norm": np.linalg.norm(m_hat),
+        "nu_norm": np.linalg.norm(np.sqrt(v_hat) if kind != "adamax" else v),
+        "alpha": alpha,
+      }
+    )
+  return {key: np.array([step[key] for step in out]) for key in out[0]}
+
+
+SCHEDULE = optax.exponential_decay(0.1, transition_steps=10, decay_rate=0.5)
+CASES: dict[str, tuple[Callable[..., optax.GradientTransformation], dict[str, Any]]] = {
+  "adam": (ao.adam, {}),
+  "adam_schedule": (ao.adam, {}),
+  "adamw": (ao.adamw, {"weight_decay": 0.3}),
+  "nadam": (ao.nadam, {}),
+  "adamax": (ao.adamax, {}),
+  "amsgrad": (ao.amsgrad, {}),
+  "amsgrad_uncorrected": (ao.amsgrad, {"bias_correction_mu": False, "bias_correction_nu": False}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_recorded_values_equal_numpy(case: str, rng: np.random.Generator) -> None:
+  steps, b1, b2, eps = 40, 0.9, 0.95, 1e-8
+  factory, kwargs = CASES[case]
+  lr = SCHEDULE if case == "adam_schedule" else 0.05
+  tx = factory(lr, b1, b2, eps, **kwargs, diagnostics=True)
+  grads = _stream(rng, steps)
+  history, _, _ = _run(tx, grads)
+  alphas = np.asarray([SCHEDULE(t) for t in range(steps)]) if callable(lr) else np.full(steps, lr)
+  kind = case.removesuffix("_schedule").replace("adamw", "adam")
+  expected = _numpy_diagnostics(grads, alphas, b1, b2, eps, kind)
+  assert set(history) == set(expected)
+  for key, want in expected.items():
+    np.testing.assert_allclose(history[key], want, rtol=2e-5, atol=1e-12, err_msg=key)
+  assert history["above_paper"].max() > 0  # the growing coordinate leaves the paper's bound
+  assert history["above_strict"].max() == 0
+
+
+# eps = 1e-30 makes the bound as tight as it gets while 0/0 stays 0.
+OPTIMIZERS = {
+  "adam": functools.partial(ao.adam, eps=1e-30),
+  "nadam": functools.partial(ao.nadam, eps=1e-30),
+  "adamax": functools.partial(ao.adamax, eps=1e-30),
+  "amsgrad": functools.partial(ao.amsgrad, eps=1e-30),
+  "amsgrad_uncorrected": functools.partial(
+    ao.amsgrad, eps=1e-30, bias_correction_mu=False, bias_correction_nu=False
+  ),
+}
+STEPS, STREAMS = 64, 8
+
+
+@functools.cache
+def _bound_run(name: str) -> Callable[..., Any]:
+  """One compiled run per optimizer; b1 and b2 are traced (inject_hyperparams)."""
+  factory = optax.inject_hyperparams(OPTIMIZERS[name])
+
+  def run(b1, b2, grads):
+    tx = factory(learning_rate=1.0, b1=b1, b2=b2, diagnostics=True)
+    _, (history, _) = _scan(tx, grads, jnp.zeros(STREAMS))
+    return history
+
+  return jax.jit(run)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+  name=st.sampled_from(sorted(OPTIMIZERS)),
+  # b1 is 0 or at least 1e-3: a subnormal b1 would overflow the tight stream's rate b2/b1.
+  b1=st.one_of(st.just(0.0), st.floats(1e-3, 0.99)),
+  b2=st.floats(0.5, 0.9999),
+  growth=st.floats(0.3, 3.0),
+  exponents=hnp.arrays(np.float64, (STEPS, STREAMS - 2), elements=st.floats(-6, 6)),
+  signs=hnp.arrays(np.bool_, (STEPS, STREAMS - 2)),
+)
+def test_strict_bound_is_never_exceeded(name, b1, b2, growth, exponents, signs) -> None:
+  t = np.arange(1, STEPS + 1)
+  # Cauchy–Schwarz is tight for g_{t-k} ∝ (b1/b2)^k (AdaMax: ∝ b2^-k): one stream is that.
+  tight_rate = 1 / b2 if name == "adamax" else (b2 / b1 if b1 > 0 else 1.0)
+  tight = np.exp(np.maximum((t - STEPS) * np.log(tight_rate), -12 * np.log(10)))
+  grown = np.exp(np.clip((t - STEPS) * np.log(growth), -27, 27))
+  noise = np.where(signs, -1, 1) * 10.0**exponents
+  grads = jnp.asarray(np.column_stack([tight, grown, noise]), jnp.float32)
+  history = jax.tree.map(np.asarray, _bound_run(name)(jnp.float32(b1), jnp.float32(b2), grads))
+  assert np.all(history["above_strict"] == 0)
+  assert np.all(history["step_max"] <= history["bound_strict"] * (1 + SLACK))
+
+
+def test_growing_stream_exceeds_the_paper_bound_but_not_the_strict_one() -> None:
+  # Default decay rates, the stream Cauchy–Schwarz is tight for, 300 steps.
+  t = np.arange(1, 301)
+  grads = jnp.asarray((0.9 / 0.999) ** (300.0 - t), jnp.float32)[:, None]
+  history, _, _ = _run(ao.adam(1e-3, eps=0.0, diagnostics=True), grads, jnp.zeros(1))
+  ratio = history["step_max"][-1] / history["bound_paper"][-1]
+  assert 1.16 < ratio < 1.18  # about 17% above the paper's bound
+  assert history["above_paper"][-1] == 1.0
+  assert history["above_strict"].max() == 0
+  np.testing.assert_allclose(history["step_max"][-1], history["bound_strict"][-1], rtol=1e-5)
+
+
+def test_sparse_stream_approaches_the_paper_bound() -> None:
+  # Zero gradients for a long time, then one: the paper's most severe case.
+  steps = 5000
+  grads = jnp.zeros((steps, 1)).at[-1].set(1.0)
+  history, _, _ = _run(ao.adam(1e-3, eps=0.0, diagnostics=True), grads, jnp.zeros(1))
+  ratio = history["step_max"][-1] / history["bound_paper"][-1]
+  assert 0.99 < ratio < 1.0
+  assert history["above_paper"][-1] == 0
+  np.testing.assert_allclose(history["bound_paper"][-1], 1e-3 * 0.1 / np.sqrt(1e-3), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  ("b1", "b2", "paper"),
+  [
+    (0.0, 0.999, 1 / np.sqrt(1e-3)),
+    (0.0, 0.0, 1.0),
+    (0.99, 0.999, 1.0),
+    (0.9, 0.999, 0.1 / np.sqrt(1e-3)),
+  ],
+)
+def test_paper_bound_cases(b1: float, b2: float, paper: float) -> None:
+  tx = ao.adam(1.0, b1, b2, diagnostics=True)
+  _, state = jax.jit(tx.update)(jnp.ones(2), tx.init(jnp.zeros(2)))
+  stats = diagnostics(state)
+  np.testing.assert_allclose(stats["bound_paper"], paper, rtol=1e-6)
+  assert np.isfinite(stats["bound_strict"])  # also for b2 = 0 at t = 1
+  assert stats["above_strict"] == 0
+
+
+OFF = {  # the chains the optimizers were before diagnostics existed
+  "adam": (
+    ao.adam,
+    lambda: optax.chain(
+      ao.scale_by_moments(0.9, 0.99), ao.bias_correct(), ao.normalize(1e-6), ao.scale_by_lr(0.1)
+    ),
+  ),
+  "adamw": (
+    ao.adamw,
+    lambda: optax.chain(
+      ao.scale_by_moments(0.9, 0.99),
+      ao.bias_correct(),
+      ao.normalize(1e-6),
+      optax.add_decayed_weights(1e-4),
+      ao.scale_by_lr(0.1),
+    ),
+  ),
+  "nadam": (
+    ao.nadam,
+    lambda: optax.chain(
+      ao.scale_by_moments(0.9, 0.99),
+      ao.bias_correct(nesterov=True),
+      ao.normalize(1e-6),
+      ao.scale_by_lr(0.1),
+    ),
+  ),
+  "adamax": (
+    ao.adamax,
+    lambda: optax.chain(
+      ao.scale_by_infinity_moments(0.9, 0.99, 1e-6),
+      ao.bias_correct(),
+      ao.normalize(0.0),
+      ao.scale_by_lr(0.1),
+    ),
+  ),
+  "amsgrad": (
+    ao.amsgrad,
+    lambda: optax.chain(
+      ao.scale_by_moments(0.9, 0.99),
+      ao.bias_correct(),
+      ao.running_max(),
+      ao.normalize(1e-6),
+      ao.scale_by_lr(0.1),
+    ),
+  ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFF))
+def test_off_is_the_plain_chain_and_on_changes_no_update(name: str, rng) -> None:
+  factory, plain = OFF[name]
+  grads = _stream(rng, 8)
+  _, state_ref, updates_ref = _run(plain(), grads, record=False)
+  _, state_off, updates_off = _run(factory(0.1, 0.9, 0.99, 1e-6), grads, record=False)
+  _, state_on, updates_on = _run(factory(0.1, 0.9, 0.99, 1e-6, diagnostics=True), grads)
+  assert jax.tree.structure(state_off) == jax.tree.structure(state_ref)
+  assert jax.tree.structure(factory(0.1).init(PARAMS)) == jax.tree.structure(plain().init(PARAMS))
+  pairs = ((state_off, state_ref), (updates_off, updates_ref), (updates_on, updates_ref))
+  for got, want in pairs:
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert len(jax.tree.leaves(state_on)) == len(jax.tree.leaves(state_ref)) + 14
+
+
+def _one_step_stats(tx: optax.GradientTransformation, steps: int = 1) -> dict[str, np.ndarray]:
+  state, update = tx.init(PARAMS), jax.jit(tx.update)
+  for k in range(steps):
+    _, state = update(jax.tree.map(lambda p, k=k: p + 1.0 + k, PARAMS), state, PARAMS)
+  return jax.tree.map(np.asarray, diagnostics(state))
+
+
+def test_reader_finds_the_state_inside_wrappers() -> None:
+  plain = _one_step_stats(ao.adam(0.1, diagnostics=True))
+  wrapped = {
+    "chain": optax.chain(optax.clip_by_global_norm(1e9), ao.adam(0.1, diagnostics=True)),
+    "inject_hyperparams": optax.inject_hyperparams(ao.adam)(learning_rate=0.1, diagnostics=True),
+  }
+  for name, tx in wrapped.items():
+    got = _one_step_stats(tx)
+    assert got.keys() == plain.keys(), name
+    for key in plain:
+      # inject_hyperparams hands b1, b2 as float32 arrays: 1 - b2 rounds differently.
+      np.testing.assert_allclose(got[key], plain[key], rtol=2e-5, err_msg=f"{name}: {key}")
+  # MultiSteps: two mini-steps of gradients 1 and 2 are one step of their mean.
+  multi = _one_step_stats(optax.MultiSteps(ao.adam(0.1, diagnostics=True), 2), steps=2)
+  mean = _one_step_stats(optax.chain(optax.scale(1.5), ao.adam(0.1, diagnostics=True)))
+  np.testing.assert_allclose(multi["grad_norm"], mean["grad_norm"], rtol=1e-6)
+
+
+def test_reader_prefixes_several_states_and_rejects_none() -> None:
+  labels = {"w": "fast", "b": "slow"}
+  tx = optax.multi_transform(
+    {"fast": ao.adam(0.1, diagnostics=True), "slow": ao.adam(0.01, diagnostics=True)}, labels
+  )
+  stats = _one_step_stats(tx)
+  assert len(stats) == 2 * 14
+  alphas = {key: float(value) for key, value in stats.items() if key.endswith("/alpha")}
+  assert sorted(alphas.values()) == pytest.approx([0.01, 0.1])
+  assert next(v for k, v in stats.items() if "slow" in k and k.endswith("grad_norm")) == (
+    pytest.approx(np.sqrt(5.0))
+  )
+  with pytest.raises(ValueError, match="diagnostics=True"):
+    diagnostics(ao.adam(0.1).init(PARAMS))
+
+
+def test_injected_learning_rate_is_recorded_and_schedules_are_read_at_t_minus_1() -> None:
+  tx = optax.inject_hyperparams(ao.adam)(learning_rate=0.1, diagnostics=True)
+  state = tx.init(PARAMS)
+  state.hyperparams["learning_rate"] = jnp.asarray(0.5)
+  _, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, PARAMS), state)
+  assert float(diagnostics(state)["alpha"]) == 0.5
+  schedule = optax.linear_schedule(1.0, 0.0, 10)
+  history, _, _ = _run(ao.adam(schedule, diagnostics=True), _stream(np.random.default_rng(0), 4))
+  np.testing.assert_allclose(history["alpha"], [1.0, 0.9, 0.8, 0.7], rtol=1e-6)
+
+
+def test_vmap_gives_batched_values_equal_to_single_runs(rng) -> None:
+  batch = [_stream(rng, 10) for _ in range(3)]
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *batch)
+  tx = ao.adam(0.1, diagnostics=True)
+  _, (histories, _) = jax.jit(jax.vmap(lambda gs: _scan(tx, gs, PARAMS)))(stacked)
+  for index, grads in enumerate(batch):
+    single, _, _ = _run(tx, grads)
+    for key, value in single.items():
+      assert histories[key].shape == (3, 10)
+      np.testing.assert_allclose(histories[key][index], value, rtol=1e-6, err_msg=key)
+
+
+def test_checkpoint_round_trip_keeps_values_and_training(rng) -> None:
+  tx = ao.adam(0.1, diagnostics=True)
+  grads = _stream(rng, 6)
+  _, state, _ = _run(tx, jax.tree.map(lambda g: g[:5], grads))
+  leaves, treedef = jax.tree.flatten(state)
+  restored = jax.tree.unflatten(treedef, [np.array(leaf) for leaf in leaves])  # a host copy
+  assert isinstance(restored[2], DiagnosticsState)
+  for key, value in diagnostics(state).items():
+    np.testing.assert_array_equal(np.asarray(diagnostics(restored)[key]), np.asarray(value))
+  last = jax.tree.map(lambda g: jnp.asarray(g[5]), grads)
+  resumed = jax.jit(tx.update)(last, restored)
+  continued = jax.jit(tx.update)(last, state)
+  for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(continued), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_gradient_through_the_update_is_unchanged() -> None:
+  params = {"w": jnp.linspace(-1.0, 1.0, 6)}
+
+  def loss(lr: jax.Array, diagnostics_on: bool) -> jax.Array:
+    tx = optax.inject_hyperparams(ao.adam)(
+      learning_rate=lr, eps_root=1e-8, diagnostics=diagnostics_on
+    )
+    state = tx.init(params)
+    for _ in range(3):
+      grads = jax.tree.map(lambda p: 2 * p - 0.3, params)
+      updates, state = tx.update(grads, state, params)
+    return jnp.sum(optax.apply_updates(params, updates)["w"] ** 2)
+
+  gradient = jax.jit(jax.grad(loss), static_argnums=1)
+  on = gradient(0.1, True)
+  assert np.isfinite(on)
+  assert on == gradient(0.1, False)
+
+
+def test_diagnose_rejects_param_shaped_input() -> None:
+  tx = diagnose(ao.normalize(), learning_rate=0.1)
+  with pytest.raises(TypeError, match=r"ao\.diagnose expected the ao\.Moments"):
+    tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))
+
+
+_SHARDED = textwrap.dedent(
+  """
+  import jax, jax.numpy as jnp, numpy as np, optax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  import adam_optax as ao
+  from adam_optax.diagnosis import diagnostics
+
+  mesh = jax.make_mesh((8,), ("data",))
+  params = {"w": jnp.linspace(-1.0, 1.0, 64).reshape(16, 4), "b": jnp.zeros(8)}
+  specs = {"w": P("data"), "b": P("data")}
+  tx = ao.adam(0.1, diagnostics=True)
+
+  def train(params):
+    state = tx.init(params)
+    for k in range(3):
+      grads = jax.tree.map(lambda p: jnp.sin(p * (k + 1.0)) + 0.1, params)
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+    return diagnostics(state)
+
+  single = jax.jit(train)(params)
+  shards = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs)
+  sharded = jax.jit(train)(shards)
+  assert len(jax.devices()) == 8
+  for key, value in single.items():
+    np.testing.assert_allclose(np.asarray(sharded[key]), np.asarray(value), rtol=1e-6, err_msg=key)
+  print("ok")
+  """
+)
+
+
+def test_sharded_values_equal_single_device_values() -> None:
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env["JAX_PLATFORMS"] = "cpu"
+  result = subprocess.run(
+    [sys.executable, "-c", _SHARDED],
+    env=env,
+    cwd=Path(__file__).parents[1],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("dtype", [jnp.complex64, jnp.bfloat16])
+def test_complex_and_low_precision_params(dtype) -> None:
+  params = jnp.zeros(4, dtype)
+  grads = (jnp.arange(4.0) + 1j * jnp.ones(4)) if dtype == jnp.complex64 else jnp.arange(4.0)
+  grads = grads.astype(dtype)
+  on, off = (
+    ao.adam(0.01, nu_dtype=jnp.float32, diagnostics=True),
+    ao.adam(0.01, nu_dtype=jnp.float32),
+  )
+  updates_on, state = jax.jit(on.update)(grads, on.init(params), params)
+  updates_off, _ = jax.jit(off.update)(grads, off.init(params), params)
+  np.testing.assert_array_equal(np.asarray(updates_on), np.asarray(updates_off))
+  stats = diagnostics(state)
+  expected = np.linalg.norm(np.asarray(grads.astype(jnp.complex64)))
+  np.testing.assert_allclose(stats["grad_norm"], expected, rtol=1e-6)
+  np.testing.assert_allclose(stats["nu_norm"], expected, rtol=1e-5)  # v-hat_1 = |g|^2
+  assert stats["above_strict"] == 0
+  assert all(np.isfinite(np.asarray(value)) for value in stats.values())

@@ -1,0 +1,131 @@
+"""Figures like the paper's: loss curves (figures 1-3) and the bias-correction grid (figure 4).
+
+The figures are plain :class:`matplotlib.figure.Figure` objects drawn on the
+Agg canvas, without pyplot: no global backend or figure state, nothing to
+close, and a notebook shows them as they are.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from adam_optax.experiments.optimizers import BIAS_CORRECTION_VARIANTS, OPTIMIZERS
+from adam_optax.experiments.report import Record, Summary, plural
+
+# The paper's colours for figure 4: red with bias correction, green without.
+VARIANT_COLORS = {"adam": "tab:red", "adam_no_bias_correction": "tab:green"}
+
+
+def _array(values: Sequence[float | None]) -> np.ndarray:
+  """A float array with NaN where a record holds ``None`` (diverged)."""
+  return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def save_png(figure: Figure, path: Path | io.BytesIO) -> None:
+  """Renders ``figure`` with the Agg backend into a PNG file at ``path``."""
+  FigureCanvasAgg(figure).print_png(path)
+
+
+def png_bytes(figure: Figure) -> bytes:
+  """The PNG of ``figure``, e.g. for ``IPython.display.Image`` in a notebook."""
+  buffer = io.BytesIO()
+  save_png(figure, buffer)
+  return buffer.getvalue()
+
+
+def curves_figure(title: str, summaries: Sequence[Summary], metric: str = "train_loss") -> Figure:
+  """Training loss against iterations, one line per optimizer at its best learning rate.
+
+  The line is the mean over seeds, the band their minimum to maximum; the
+  curves are window means of the minibatch values; the y axis is logarithmic.
+
+  Args:
+    title: the figure title.
+    summaries: one per optimizer, all of one problem.
+    metric: the per-step metric to plot (``<metric>_curve`` in the records).
+
+  Returns:
+    The figure.
+  """
+  figure = Figure(figsize=(6.4, 4.4), layout="constrained")
+  ax = figure.add_subplot()
+  for summary in summaries:
+    steps = summary.runs[0]["curve_steps"]
+    curves = np.stack([_array(run[f"{metric}_curve"]) for run in summary.runs])
+    optimizer = OPTIMIZERS[summary.record["optimizer"]]
+    label = f"{optimizer.label} (lr {summary.record['learning_rate']:g})"
+    (line,) = ax.plot(steps, np.nanmean(curves, axis=0), label=label, lw=1.5)
+    low, high = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
+    ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
+  ax.set_yscale("log")
+  ax.set_xlabel("iterations")
+  ax.set_ylabel(f"{metric.replace('_', ' ')} (minibatch)")
+  ax.set_title(
+    f"{title}\nmean and min–max band over {plural('seed', len(summaries[0].runs))}", fontsize=10
+  )
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  return figure
+
+
+def _mean_checkpoint_losses(all_records: Sequence[Record]) -> dict[tuple, np.ndarray]:
+  """Mean over seeds of the checkpoint losses, by (variant, b1, b2, learning rate)."""
+  groups: dict[tuple, list[np.ndarray]] = {}
+  for r in all_records:
+    key = (r["optimizer"], r["b1"], r["b2"], r["learning_rate"])
+    groups.setdefault(key, []).append(_array(r["checkpoint_train_loss"]))
+  return {key: np.mean(losses, axis=0) for key, losses in groups.items()}
+
+
+def bias_correction_figure(title: str, all_records: Sequence[Record]) -> Figure:
+  """Loss against log10 step size, with and without bias correction (figure 4).
+
+  One panel per (b1, b2). In each, red is Adam with bias correction and green
+  without, as in the paper; dashed is the whole-training-set loss after the
+  first checkpoint, solid after the last (the paper's "10 epochs" and "100
+  epochs"); each point is the mean over seeds. Settings that diverged or
+  left the chart are crosses on its top edge.
+
+  Args:
+    title: the figure title.
+    all_records: the VAE records (both variants, every b1, b2, lr and seed).
+
+  Returns:
+    The figure.
+  """
+  losses = _mean_checkpoint_losses(all_records)
+  b1s, b2s, lrs = (sorted({key[i] for key in losses}) for i in (1, 2, 3))
+  checkpoints = all_records[0]["checkpoint_steps"]
+  styles = {0: "--", len(checkpoints) - 1: "-"}  # one solid line if there is one checkpoint
+  finite = np.concatenate([v[np.isfinite(v)] for v in losses.values()])
+  bottom, top = 0.95 * finite.min(), 1.05 * min(finite.max(), 2 * np.median(finite))
+  figure = Figure(figsize=(3.2 * len(b2s), 2.8 * len(b1s)), layout="constrained")
+  axes = figure.subplots(len(b1s), len(b2s), sharex=True, sharey=True, squeeze=False)
+  log_lrs = np.log10(lrs)
+  for (i, b1), (j, b2) in ((row, col) for row in enumerate(b1s) for col in enumerate(b2s)):
+    ax = axes[i, j]
+    for variant, optimizer in BIAS_CORRECTION_VARIANTS.items():
+      color = VARIANT_COLORS[variant]
+      for index, style in styles.items():
+        values = np.array([losses[variant, b1, b2, lr][index] for lr in lrs])
+        label = f"{optimizer.label}, {checkpoints[index]} steps"
+        ax.plot(log_lrs, np.minimum(values, top), style, marker="o", ms=3, color=color, label=label)
+        off = ~(values <= top)
+        ax.plot(log_lrs[off], np.full(off.sum(), top), "x", color=color, ms=7)
+    ax.set_title(f"β1={b1:g}, β2={b2:g}", fontsize=9)
+    ax.set_ylim(bottom, 1.02 * top)
+    ax.grid(True, alpha=0.3)
+    if i == len(b1s) - 1:
+      ax.set_xlabel("log10(step size)")
+    if j == 0:
+      ax.set_ylabel("loss (−ELBO, nats)")
+  axes[0, 0].legend(fontsize=7)
+  seeds = plural("seed", len({r["seed"] for r in all_records}))
+  figure.suptitle(f"{title}: mean over {seeds}; × diverged or off the chart", fontsize=10)
+  return figure

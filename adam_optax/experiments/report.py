@@ -1,0 +1,261 @@
+"""Results of a comparison: one record per run, the best learning rates, files.
+
+A *record* is a JSON-ready dict for one run (problem, optimizer, learning
+rate, seed, ...). A *setting* is a record's identity without learning rate
+and seed (problem, optimizer and, in the bias-correction study, ``b1`` and
+``b2``). :func:`summarize` keeps, for each setting, the learning rate with the
+lowest mean final training loss over seeds, as the paper does for its
+figures. Outputs are written to temporary files and renamed into place at
+the end (:func:`write_atomically`), so an interrupted run leaves nothing that
+looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adam_optax.experiments.train import Grid, TrainResult
+
+# Loss curves longer than this are averaged over windows of equal length.
+CURVE_POINTS = 250
+# Fields that, with "problem" and "optimizer", identify a setting.
+SETTING_FIELDS = ("b1", "b2")
+
+Record = dict[str, Any]
+
+
+def _number(value: Any, digits: int = 9) -> float | None:
+  """A float for JSON, ``None`` for NaN or infinity (a diverged run).
+
+  Rounded to ``digits`` significant digits: 9 keep every float32 exactly, 7
+  give back the decimal a float32 hyper-parameter was made from (0.003, not
+  0.003000000026077032).
+  """
+  value = float(value)
+  return float(f"{value:.{digits}g}") if math.isfinite(value) else None
+
+
+def _curve(values: np.ndarray) -> list[float | None]:
+  return [_number(v, digits=6) for v in values]
+
+
+def window_means(curve: np.ndarray, points: int = CURVE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+  """Averages a per-step curve over consecutive windows of equal length.
+
+  Examples:
+    >>> steps, means = window_means(np.arange(10.0), points=4)
+    >>> steps.tolist(), means.tolist()
+    ([3, 6, 9, 10], [1.0, 4.0, 7.0, 9.0])
+
+  Args:
+    curve: values at steps ``1..n``, shape ``(..., n)``.
+    points: at most this many windows.
+
+  Returns:
+    The step count at the end of each window and the window means (the last
+    window may be shorter).
+  """
+  n = curve.shape[-1]
+  width = -(-n // points)
+  starts = np.arange(0, n, width)
+  sums = np.add.reduceat(curve, starts, axis=-1)
+  ends = np.minimum(starts + width, n)
+  return ends, sums / (ends - starts)
+
+
+def records(
+  problem: str, optimizer: str, grid: Grid, steps: int, result: TrainResult
+) -> list[Record]:
+  """One JSON-ready record per run of a grid.
+
+  Each has ``problem``, ``optimizer``, ``seed``, the grid's hyper-parameters
+  (``learning_rate``, and ``b1``/``b2`` where swept), ``steps``,
+  ``final_train_loss`` (full training set, no dropout), ``test_loss``,
+  ``test_accuracy`` (``None`` for the VAE), ``curve_steps`` with one
+  ``<metric>_curve`` per recorded metric (window means of the per-step
+  minibatch values), and ``checkpoint_steps``/``checkpoint_train_loss`` (the
+  whole-training-set loss after the first and the last chunk). Diverged
+  values are ``None``.
+  """
+  curve_steps = None
+  curves = {}
+  for name, values in result.curves.items():
+    curve_steps, curves[name] = window_means(values)
+  out = []
+  for run in range(grid.size):
+    record: Record = {"problem": problem, "optimizer": optimizer, "seed": int(grid.seeds[run])}
+    record.update({k: _number(v[run], digits=7) for k, v in grid.hyperparams.items()})
+    accuracy = result.test_metrics.get("accuracy")
+    record.update(
+      steps=steps,
+      final_train_loss=_number(result.train_metrics["loss"][run]),
+      test_loss=_number(result.test_metrics["loss"][run]),
+      test_accuracy=None if accuracy is None else _number(accuracy[run]),
+      curve_steps=[int(s) for s in curve_steps],
+      **{f"{name}_curve": _curve(values[run]) for name, values in curves.items()},
+      checkpoint_steps=[int(s) for s in result.checkpoint_steps],
+      checkpoint_train_loss=_curve(result.checkpoint_losses[run]),
+    )
+    out.append(record)
+  return out
+
+
+def setting(record: Record) -> tuple:
+  """The setting a record belongs to: problem, optimizer and any b1, b2."""
+  return (record["problem"], record["optimizer"], *(record.get(f) for f in SETTING_FIELDS))
+
+
+def _loss(record: Record) -> float:
+  loss = record["final_train_loss"]
+  return math.inf if loss is None else loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """A setting at its best learning rate.
+
+  Attributes:
+    record: the setting's fields (problem, optimizer, b1, b2, learning_rate).
+    runs: the records of the best learning rate, one per seed.
+    diverged: how many runs of the setting (every learning rate and seed)
+      ended with a non-finite loss.
+    total: how many runs the setting has.
+  """
+
+  record: Record
+  runs: tuple[Record, ...]
+  diverged: int
+  total: int
+
+  def values(self, field: str) -> np.ndarray:
+    """``field`` of every seed (NaN where diverged or absent)."""
+    return np.array([np.nan if r.get(field) is None else r[field] for r in self.runs])
+
+
+def summarize(all_records: Sequence[Record]) -> list[Summary]:
+  """For each setting, the learning rate with the lowest mean final training loss.
+
+  A diverged run counts as an infinite loss, so a learning rate is kept only
+  if it trains on every seed, unless none does.
+
+  Examples:
+    >>> recs = [{"problem": "p", "optimizer": "o", "learning_rate": lr, "seed": s,
+    ...          "final_train_loss": loss}
+    ...         for lr, s, loss in [(0.1, 0, 1.0), (0.1, 1, None), (0.01, 0, 2.0), (0.01, 1, 2.0)]]
+    >>> [s.record["learning_rate"] for s in summarize(recs)]
+    [0.01]
+  """
+  by_setting: dict[tuple, dict[float, list[Record]]] = {}
+  for record in all_records:
+    by_setting.setdefault(setting(record), {}).setdefault(record["learning_rate"], []).append(
+      record
+    )
+  summaries = []
+  for runs_by_lr in by_setting.values():
+    best_lr = min(runs_by_lr, key=lambda lr: np.mean([_loss(r) for r in runs_by_lr[lr]]))
+    runs = tuple(sorted(runs_by_lr[best_lr], key=lambda r: r["seed"]))
+    keep = ("problem", "optimizer", *SETTING_FIELDS, "learning_rate")
+    every_run = [r for lr_runs in runs_by_lr.values() for r in lr_runs]
+    diverged = sum(r["final_train_loss"] is None for r in every_run)
+    record = {k: runs[0][k] for k in keep if k in runs[0]}
+    summaries.append(Summary(record, runs, diverged, len(every_run)))
+  return summaries
+
+
+def plural(noun: str, count: int) -> str:
+  """``"1 seed"``, ``"3 seeds"``."""
+  return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def mean_std(values: np.ndarray, scale: float = 1.0) -> str:
+  """``"mean ± std"`` over seeds with 4 significant digits; ``"diverged"`` if any is NaN.
+
+  Examples:
+    >>> mean_std(np.array([0.1, 0.3])), mean_std(np.array([0.9611111] * 3), scale=100)
+    ('0.2 ± 0.1', '96.11 ± 0')
+  """
+  if np.isnan(values).any():
+    return "diverged"
+  mean, std = scale * values.mean(), scale * values.std()
+  std = std if std > 1e-6 * abs(mean) else 0.0  # equal values: no rounding noise
+  return f"{mean:.4g} ± {std:.2g}"
+
+
+def markdown(summaries: Sequence[Summary]) -> str:
+  """The ``results.md`` text: per problem, mean ± std over seeds at the best learning rate."""
+  lines = [
+    "# adam-optax compare",
+    "",
+    "Mean ± standard deviation over seeds, at the learning rate (of each optimizer's sweep)",
+    "with the lowest mean final training loss. Training loss: the whole training set after",
+    "the last step, without dropout. Diverged: runs of the whole sweep (every learning rate",
+    "and seed) that ended with a non-finite loss.",
+  ]
+  problems = dict.fromkeys(s.record["problem"] for s in summaries)
+  for problem in problems:
+    rows = [s for s in summaries if s.record["problem"] == problem]
+    betas = "b1" in rows[0].record
+    steps = rows[0].runs[0]["steps"]
+    header = ["optimizer", *(["b1", "b2"] if betas else []), "best lr", "final train loss"]
+    header += ["test loss" if betas else "test accuracy (%)", "diverged"]
+    lines += [
+      "",
+      f"## {problem} ({plural('step', steps)}, {plural('seed', len(rows[0].runs))})",
+      "",
+    ]
+    lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in rows:
+      cells = [row.record["optimizer"]]
+      cells += [f"{row.record['b1']:g}", f"{row.record['b2']:g}"] if betas else []
+      cells += [f"{row.record['learning_rate']:g}", mean_std(row.values("final_train_loss"))]
+      cells.append(
+        mean_std(row.values("test_loss"))
+        if betas
+        else mean_std(row.values("test_accuracy"), scale=100)
+      )
+      cells.append(f"{row.diverged}/{row.total}")
+      lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+Writer = Callable[[Path], None]
+
+
+def write_atomically(out_dir: Path, writers: Mapping[str, Writer]) -> None:
+  """Writes every file to a temporary name in ``out_dir``, then renames them all.
+
+  ``writers[name](path)`` writes the content of ``out_dir / name`` to
+  ``path``. Nothing is renamed until every file is written, and the
+  temporary files are removed if anything fails (or is interrupted), so
+  ``out_dir`` never holds a partial result under a final name.
+
+  Args:
+    out_dir: an existing, writable directory.
+    writers: the files to write, by name.
+  """
+  temporary: dict[str, Path] = {}
+  umask = os.umask(0)
+  os.umask(umask)
+  try:
+    for name, write in writers.items():
+      handle, path = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".partial")
+      os.close(handle)
+      temporary[name] = Path(path)
+      write(temporary[name])
+      # mkstemp makes the file private; the result gets the usual permissions.
+      temporary[name].chmod(0o666 & ~umask)
+    for name, path in temporary.items():
+      os.replace(path, out_dir / name)
+  finally:
+    for path in temporary.values():
+      with contextlib.suppress(FileNotFoundError):
+        path.unlink()

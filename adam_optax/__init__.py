@@ -3,6 +3,7 @@
 from adam_optax.averaging import AveragedParamsState, average_params, averaged_params
 from adam_optax.bias import bias_correct
 from adam_optax.diagnosis import DiagnosticsState, diagnose, diagnostics
+from adam_optax.flat import FlatParams, Layout, flat_train_step, flatten_params, update_and_apply
 from adam_optax.lr import scale_by_lr
 from adam_optax.moments import Moments, MomentsState, scale_by_infinity_moments, scale_by_moments
 from adam_optax.normalize import normalize
@@ -15,6 +16,8 @@ __version__ = "0.1.0"
 __all__ = [
   "AveragedParamsState",
   "DiagnosticsState",
+  "FlatParams",
+  "Layout",
   "Moments",
   "MomentsState",
   "RunningMaxState",
@@ -27,11 +30,14 @@ __all__ = [
   "bias_correct",
   "diagnose",
   "diagnostics",
+  "flat_train_step",
+  "flatten_params",
   "nadam",
   "normalize",
   "running_max",
   "scale_by_infinity_moments",
   "scale_by_lr",
   "scale_by_moments",
+  "update_and_apply",
   "zero1_shardings",
 ]

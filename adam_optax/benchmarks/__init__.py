@@ -1,0 +1,1 @@
+"""The pieces of ``adam-optax bench``: trees, timers, the steps measured, the report."""

@@ -1,0 +1,153 @@
+"""The benchmark's report: the run's context, the table, the JSON and the plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform as platform_module
+import sys
+from importlib import metadata
+from typing import Any
+
+import jax
+
+from adam_optax.benchmarks.jax_steps import Measurement
+
+SCHEMA = "adam-optax-bench/1"
+BASELINE = "optax.adam"
+COLUMNS = (
+  ("method", "method", "{}"),
+  ("wall_ms", "wall ms", "{:.3f}"),
+  ("device_ms", "device ms", "{:.3f}"),
+  ("real_ms", "real ms", "{:.3f}"),
+  ("roofline_fraction", "roofline", "{:.0%}"),
+  ("peak_mib", "peak MiB", "{:.1f}"),
+  ("compile_s", "compile s", "{:.2f}"),
+  ("speedup_vs_optax", "vs optax", "{:.2f}x"),
+)
+
+
+def _version(package: str) -> str | None:
+  try:
+    return metadata.version(package)
+  except metadata.PackageNotFoundError:
+    return None
+
+
+def _cpu_model() -> str:
+  """The CPU's model name (from /proc/cpuinfo on Linux)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+  except OSError:
+    names = []
+  return names[0] if names else platform_module.processor() or platform_module.machine()
+
+
+def context(platform: str) -> dict[str, Any]:
+  """The device, the versions and the date that every figure is tied to."""
+  device = jax.devices()[0]
+  return {
+    "platform": platform,
+    "device": getattr(device, "device_kind", str(device)),
+    "cpu": _cpu_model(),
+    "cpu_count": os.cpu_count(),
+    "load_average": list(os.getloadavg()),
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "versions": {
+      "python": sys.version.split()[0],
+      **{name: _version(name) for name in ("jax", "jaxlib", "optax", "adam_optax", "torch")},
+    },
+  }
+
+
+def row(result: Measurement, bandwidth: float, baseline: Measurement | None) -> dict[str, Any]:
+  """One method's figures, with its fraction of roofline and ratios to optax.adam.
+
+  The roofline is the method's bytes per step at the measured copy
+  bandwidth; the fraction divides it by the dispatched step's wall time.
+  Ratios are optax.adam's time over this method's (above 1: faster).
+  """
+  out = dataclasses.asdict(result)
+  out["roofline_ms"] = result.bytes_per_step / bandwidth * 1e3
+  out["roofline_fraction"] = out["roofline_ms"] / result.wall_ms
+  out["peak_mib"] = result.peak_bytes / 2**20
+  if baseline is not None:
+    out["speedup"] = {
+      key: getattr(baseline, f"{key}_ms") / getattr(result, f"{key}_ms")
+      for key in ("wall", "device", "real")
+    }
+    out["speedup_vs_optax"] = out["speedup"]["wall"]
+  return out
+
+
+def table(report: dict[str, Any]) -> str:
+  """The report as a plain-text table, one block per tree."""
+  ctx = report["context"]
+  lines = [
+    f"adam-optax bench on {ctx['device']} ({ctx['platform']}; host {ctx['cpu']}, "
+    f"{ctx['cpu_count']} cores), {ctx['date']}",
+    "versions: " + ", ".join(f"{k} {v}" for k, v in ctx["versions"].items() if v),
+    f"copy bandwidth {report['copy_bandwidth_GBps']:.1f} GB/s (read+write); "
+    f"load average {ctx['load_average'][0]:.2f}; peak memory: {report['memory_source']}",
+  ]
+  for tree in report["trees"]:
+    lines.append("")
+    lines.append(
+      f"{tree['name']}: {tree['params']:,} {tree['param_dtype']} params in {tree['leaves']} "
+      f"leaves, {tree['moment_dtype']} moments"
+    )
+    cells = [[title for _, title, _ in COLUMNS]]
+    for result in tree["results"]:
+      cells.append(
+        ["-" if result.get(key) is None else fmt.format(result[key]) for key, _, fmt in COLUMNS]
+      )
+    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+    for r in cells:
+      lines.append(
+        "  ".join(
+          c.ljust(w) if i == 0 else c.rjust(w)
+          for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+      )
+  return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+  """Bars of each method's fraction of roofline and speed-up over optax.adam, per tree."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  trees = report["trees"]
+  names = list(dict.fromkeys(r["method"] for t in trees for r in t["results"]))
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  x = np.arange(len(trees))
+  width = 0.8 / len(names)
+  for i, name in enumerate(names):
+    for ax, key in zip(axes, ("roofline_fraction", "speedup_vs_optax"), strict=True):
+      values = [
+        next((r.get(key) or 0.0 for r in t["results"] if r["method"] == name), 0.0) for t in trees
+      ]
+      ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name)
+  for ax, title in zip(
+    axes, ("fraction of roofline (dispatched step)", "speed-up over optax.adam (wall)"), strict=True
+  ):
+    ax.set_xticks(x, [t["name"] for t in trees])
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_title(title)
+  axes[1].set_yscale("log")
+  axes[0].legend(fontsize=8)
+  ctx = report["context"]
+  versions = ", ".join(f"{k} {v}" for k, v in ctx["versions"].items() if v and k != "python")
+  fig.suptitle(
+    f"{ctx['device']} (host {ctx['cpu']}, {ctx['cpu_count']} cores), copy bandwidth "
+    f"{report['copy_bandwidth_GBps']:.1f} GB/s, {ctx['date'][:10]}\n{versions}",
+    fontsize=9,
+  )
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

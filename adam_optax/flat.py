@@ -65,7 +65,7 @@ def update_and_apply(
   chunk by chunk in one loop, so that each byte of :math:`p, g, m, v` is read
   and written once where XLA:CPU makes three passes (40 bytes a float32
   parameter instead of 28). The loop runs on one core: measured on 2 cores,
-  it is up to 1.5x faster when other processes load the CPU and no faster
+  it is up to 1.4x faster when other processes load the CPU and no faster
   when it is idle, so it is an opt-in (see docs/benchmarks.md). Other steps
   (``clip_by_global_norm``, ``apply_if_finite``), trees of many leaves, 16-bit
   buffers (XLA:CPU computes them in float32) and other platforms (where XLA

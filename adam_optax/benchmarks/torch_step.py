@@ -90,5 +90,12 @@ def measure(spec: TreeSpec, platform: str, repeats: int, scan_steps: int) -> Mea
     peak = _nbytes(tensors) + _nbytes(state)
   bytes_per_step = 3 * _nbytes(params) + 2 * _nbytes(state)
   return Measurement(
-    f"torch Adam({kind})", bytes_per_step, wall * 1e3, device_s * 1e3, real_s * 1e3, peak, None
+    f"torch Adam({kind})",
+    bytes_per_step,
+    wall * 1e3,
+    device_s * 1e3,
+    real_s * 1e3,
+    peak,
+    None,
+    None,
   )

@@ -53,23 +53,34 @@ def cast_like(tree: chex.ArrayTree, like: chex.ArrayTree) -> chex.ArrayTree:
   return jax.tree.map(lambda x, ref: x.astype(ref.dtype), tree, like)
 
 
-def warn_if_decay_vanishes(name: str, decay: Any, storage: chex.ArrayTree) -> None:
+def warn_if_decay_vanishes(
+  name: str, decay: Any, storage: chex.ArrayTree, *, what: str, fix: str
+) -> None:
   """Warns when a storage dtype cannot represent one step of an EMA.
 
   With ``decay`` closer to 1 than half the dtype's machine epsilon,
   ``decay * x`` rounds back to ``x`` (e.g. ``0.999 * v`` in bfloat16), so the
-  moving average stops moving once stored. Traced decays are not checked.
+  moving average stops moving once stored. Traced decays and leaves that are
+  not floating point are not checked.
+
+  Args:
+    name: the decay's argument name, e.g. ``"b2"``.
+    decay: its value.
+    storage: the tree the average is stored in.
+    what: the average, for the message, e.g. ``"a moment"``.
+    fix: the caller's argument that sets the storage dtype, e.g. ``"nu_dtype"``;
+      the message tells to set it to ``jnp.float32``.
   """
   if not isinstance(decay, (int, float)):
     return
-  dtypes = {real_dtype(jnp.result_type(x)) for x in jax.tree.leaves(storage)}
-  stuck = sorted(d.name for d in dtypes if (1.0 - decay) < float(jnp.finfo(d).eps) / 2)
+  dtypes = {jnp.result_type(x) for x in jax.tree.leaves(storage)}
+  inexact = {real_dtype(d) for d in dtypes if jnp.issubdtype(d, jnp.inexact)}
+  stuck = sorted(d.name for d in inexact if (1.0 - decay) < float(jnp.finfo(d).eps) / 2)
   if stuck:
-    moment = {"b1": "mu", "b2": "nu"}[name]
     warnings.warn(
-      f"{name}={decay} cannot move a moment stored in {', '.join(stuck)}: "
+      f"{name}={decay} cannot move {what} stored in {', '.join(stuck)}: "
       f"{name} * x rounds back to x, so the moving average stops moving. "
-      f"Store it in float32 ({moment}_dtype=jnp.float32).",
+      f"Store it in float32 ({fix}=jnp.float32).",
       UserWarning,
       stacklevel=3,
     )

@@ -70,9 +70,10 @@ def average_params(
   Args:
     beta: the decay :math:`\beta`, ``0 <= beta < 1`` (the paper uses
       :math:`\beta_2`; 0 keeps the last iterate).
-    dtype: storage dtype of the average; ``None`` keeps the params' dtype
-      (use ``jnp.float32`` for bfloat16 params: ``0.999 * x`` rounds back to
-      ``x`` there). Arithmetic is in at least float32.
+    dtype: storage dtype of the average; ``None`` keeps the params' dtype.
+      Arithmetic is in at least float32, but a stored bfloat16 average with
+      ``beta=0.999`` cannot move (``0.999 * x`` rounds back to ``x``): ``init``
+      then warns once, naming ``dtype=jnp.float32`` as the fix.
 
   Returns:
     An :class:`optax.GradientTransformation` on param-shaped updates whose
@@ -91,9 +92,9 @@ def average_params(
   _validate.check_inexact_dtype("dtype", dtype)
 
   def init_fn(params: optax.Params) -> AveragedParamsState:
-    return AveragedParamsState(
-      average=_precision.zeros(params, dtype), weight=jnp.zeros([], jnp.float32)
-    )
+    average = _precision.zeros(params, dtype)
+    _precision.warn_if_decay_vanishes("beta", beta, average, what="the average", fix="dtype")
+    return AveragedParamsState(average=average, weight=jnp.zeros([], jnp.float32))
 
   def update_fn(
     updates: optax.Updates, state: AveragedParamsState, params: optax.Params | None = None

@@ -100,8 +100,8 @@ def _moments_transformation(
   def init_fn(params: optax.Params) -> MomentsState:
     mu = _precision.zeros(params, mu_dtype)
     nu = _precision.zeros(params, nu_dtype, real=True)
-    _precision.warn_if_decay_vanishes("b1", b1, mu)
-    _precision.warn_if_decay_vanishes("b2", b2, nu)
+    _precision.warn_if_decay_vanishes("b1", b1, mu, what="a moment", fix="mu_dtype")
+    _precision.warn_if_decay_vanishes("b2", b2, nu, what="a moment", fix="nu_dtype")
     return MomentsState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
   def update_fn(

@@ -1,4 +1,4 @@
-"""Shared fixtures: the parameter trees the tests run on, and float64 mode."""
+"""Shared fixtures: the parameter trees the tests run on, float64 mode, and the digits."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from adam_optax.experiments import data
 
 
 def _nested(rng: np.random.Generator) -> chex.ArrayTree:
@@ -65,3 +67,13 @@ def x64() -> Iterator[None]:
   """Runs the test with 64-bit JAX types (float64 params and arithmetic)."""
   with jax.enable_x64(True):
     yield
+
+
+@pytest.fixture(scope="session")
+def digits() -> data.Digits:
+  """scikit-learn's bundled digits on the package's fixed split, standardized (no download).
+
+  The same data as ``adam-optax compare`` trains its classifiers on: images
+  ``(n, 8, 8, 1)``, 1,437 for training and 360 for testing.
+  """
+  return data.standardize(data.load_digits())

@@ -11,7 +11,6 @@ moments, 9-10 correct their bias, 11 moves the parameters.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -24,6 +23,15 @@ class Trajectory(NamedTuple):
   params: np.ndarray
   mu: np.ndarray
   nu: np.ndarray
+
+
+class Hyperparams(NamedTuple):
+  """The hyperparameters of Algorithm 1, its ``Require`` lines, with the paper's defaults."""
+
+  alpha: float = 1e-3  # step size
+  b1: float = 0.9  # decay of the first moment
+  b2: float = 0.999  # decay of the second moment
+  eps: float = 1e-8
 
 
 # One step: (theta, m, v, extra, g, t) -> (theta, m, v, extra).
@@ -46,81 +54,81 @@ def _run(step: _Step, theta0: np.ndarray, grads: np.ndarray) -> Trajectory:
   return Trajectory(*(np.stack(values) for values in zip(*trajectory, strict=True)))
 
 
+def _moments(
+  m: np.ndarray, v: np.ndarray, g: np.ndarray, t: int, b1: float, b2: float
+) -> tuple[np.ndarray, ...]:
+  """Lines 7-10 of Algorithm 1, shared by Adam, NAdam and AMSGrad: (m_t, v_t, m^_t, v^_t)."""
+  m = b1 * m + (1 - b1) * g  # line 7: m_t <- b1 m_{t-1} + (1 - b1) g_t
+  v = b2 * v + (1 - b2) * np.abs(g) ** 2  # line 8: v_t <- b2 v_{t-1} + (1 - b2) g_t^2
+  m_hat = m / (1 - b1**t)  # line 9: m^_t <- m_t / (1 - b1^t)
+  v_hat = v / (1 - b2**t)  # line 10: v^_t <- v_t / (1 - b2^t)
+  return m, v, m_hat, v_hat
+
+
 def adam(
-  theta0: np.ndarray,
-  grads: np.ndarray,
-  alpha: float = 1e-3,
-  b1: float = 0.9,
-  b2: float = 0.999,
-  eps: float = 1e-8,
-  *,
-  bias_correction: bool = True,
+  theta0: np.ndarray, grads: np.ndarray, *, bias_correction: bool = True, **hyperparams: float
 ) -> Trajectory:
-  """Algorithm 1 of Kingma & Ba (2015); ``bias_correction=False`` drops lines 9-10."""
+  """Algorithm 1 of Kingma & Ba (2015); ``bias_correction=False`` drops lines 9-10.
+
+  ``hyperparams`` are those of :class:`Hyperparams` (``alpha``, ``b1``, ``b2``, ``eps``).
+  """
+  alpha, b1, b2, eps = Hyperparams(**hyperparams)
 
   def step(theta, m, v, extra, g, t):
-    m = b1 * m + (1 - b1) * g  # line 7: m_t <- b1 m_{t-1} + (1 - b1) g_t
-    v = b2 * v + (1 - b2) * np.abs(g) ** 2  # line 8: v_t <- b2 v_{t-1} + (1 - b2) g_t^2
-    m_hat = m / (1 - b1**t) if bias_correction else m  # line 9: m^_t <- m_t / (1 - b1^t)
-    v_hat = v / (1 - b2**t) if bias_correction else v  # line 10: v^_t <- v_t / (1 - b2^t)
+    m, v, m_hat, v_hat = _moments(m, v, g, t, b1, b2)  # lines 7-10
+    if not bias_correction:
+      m_hat, v_hat = m, v
     theta = theta - alpha * m_hat / (np.sqrt(v_hat) + eps)  # line 11
     return theta, m, v, extra
 
   return _run(step, theta0, grads)
 
 
-def _optax_form(
-  theta0: np.ndarray,
-  grads: np.ndarray,
-  alpha: float = 1e-3,
-  b1: float = 0.9,
-  b2: float = 0.999,
-  eps: float = 1e-8,
-  eps_root: float = 0.0,
-  *,
-  nesterov: bool,
-  running_max: bool,
+def nadam(
+  theta0: np.ndarray, grads: np.ndarray, *, eps_root: float = 0.0, **hyperparams: float
 ) -> Trajectory:
-  """Algorithm 1 as optax writes it (``eps_root`` inside the root), plus NAdam or AMSGrad.
+  """NAdam (Dozat 2016) as optax writes it: line 9 looks one step ahead.
 
-  ``nesterov``: NAdam (Dozat 2016), line 9 looks one step ahead.
-  ``running_max``: AMSGrad (Reddi et al. 2018) with bias correction, as
-  optax: the denominator uses the running maximum of v^_t.
+  optax adds ``eps_root`` inside the square root of line 11.
   """
+  alpha, b1, b2, eps = Hyperparams(**hyperparams)
+
+  def step(theta, m, v, extra, g, t):
+    m, v, _, v_hat = _moments(m, v, g, t, b1, b2)  # lines 7, 8 and 10
+    m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)  # line 9, Nesterov
+    theta = theta - alpha * m_hat / (np.sqrt(v_hat + eps_root) + eps)  # line 11
+    return theta, m, v, extra
+
+  return _run(step, theta0, grads)
+
+
+def amsgrad(
+  theta0: np.ndarray, grads: np.ndarray, *, eps_root: float = 0.0, **hyperparams: float
+) -> Trajectory:
+  """AMSGrad (Reddi et al. 2018) with bias correction, as optax writes it.
+
+  Line 11 divides by the running maximum of v^_t, with ``eps_root`` inside
+  the square root.
+  """
+  alpha, b1, b2, eps = Hyperparams(**hyperparams)
 
   def step(theta, m, v, v_hat_max, g, t):
-    m = b1 * m + (1 - b1) * g  # line 7
-    v = b2 * v + (1 - b2) * np.abs(g) ** 2  # line 8
-    if nesterov:  # line 9
-      m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
-    else:
-      m_hat = m / (1 - b1**t)
-    v_hat = v / (1 - b2**t)  # line 10
-    if running_max:
-      v_hat = v_hat_max = np.maximum(v_hat_max, v_hat)
-    theta = theta - alpha * m_hat / (np.sqrt(v_hat + eps_root) + eps)  # line 11
+    m, v, m_hat, v_hat = _moments(m, v, g, t, b1, b2)  # lines 7-10
+    v_hat_max = np.maximum(v_hat_max, v_hat)  # max(v^_1, ..., v^_t)
+    theta = theta - alpha * m_hat / (np.sqrt(v_hat_max + eps_root) + eps)  # line 11
     return theta, m, v, v_hat_max
 
   return _run(step, theta0, grads)
 
 
-nadam = functools.partial(_optax_form, nesterov=True, running_max=False)
-amsgrad = functools.partial(_optax_form, nesterov=False, running_max=True)
-
-
-def adamax(
-  theta0: np.ndarray,
-  grads: np.ndarray,
-  alpha: float = 2e-3,
-  b1: float = 0.9,
-  b2: float = 0.999,
-  eps: float = 1e-8,
-) -> Trajectory:
+def adamax(theta0: np.ndarray, grads: np.ndarray, **hyperparams: float) -> Trajectory:
   """Algorithm 2 of Kingma & Ba (2015), AdaMax; ``nu`` holds u_t.
 
-  optax (and so ``ao.adamax``) adds ``eps`` to ``|g_t|`` inside the maximum;
-  ``eps=0`` is the paper's algorithm exactly.
+  The paper's step size is ``alpha=2e-3``, the default here. optax (and so
+  ``ao.adamax``) adds ``eps`` to ``|g_t|`` inside the maximum; ``eps=0`` is
+  the paper's algorithm exactly.
   """
+  alpha, b1, b2, eps = Hyperparams(alpha=2e-3)._replace(**hyperparams)
 
   def step(theta, m, u, extra, g, t):
     m = b1 * m + (1 - b1) * g  # m_t <- b1 m_{t-1} + (1 - b1) g_t
@@ -131,17 +139,11 @@ def adamax(
   return _run(step, theta0, grads)
 
 
-def torch_adam(
-  theta0: np.ndarray,
-  grads: np.ndarray,
-  alpha: float = 1e-3,
-  b1: float = 0.9,
-  b2: float = 0.999,
-  eps: float = 1e-8,
-) -> np.ndarray:
+def torch_adam(theta0: np.ndarray, grads: np.ndarray, **hyperparams: float) -> np.ndarray:
   """``torch.optim.Adam`` in float64 on the same gradient stream; the params after each step."""
   import torch  # imported here: it is heavy and only the oracle tests need it
 
+  alpha, b1, b2, eps = Hyperparams(**hyperparams)
   param = torch.tensor(np.asarray(theta0, np.float64), requires_grad=True)
   optimizer = torch.optim.Adam([param], lr=alpha, betas=(b1, b2), eps=eps, foreach=False)
   trajectory = []

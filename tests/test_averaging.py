@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +15,9 @@ from flax import nnx
 
 import adam_optax as ao
 from adam_optax.averaging import AveragedParamsState, average_params, averaged_params
+from adam_optax.experiments.data import Digits
+from adam_optax.experiments.models import MLP
+from adam_optax.experiments.problems import classification_loss
 
 TARGET = {"w": jnp.linspace(-2.0, 2.0, 12).reshape(3, 4), "b": jnp.arange(4.0)}
 
@@ -102,33 +109,83 @@ def test_bfloat16_params_with_float32_average() -> None:
   np.testing.assert_allclose(averaged, (params + updates).astype(jnp.float32), rtol=8e-3)
 
 
-class _MLP(nnx.Module):
-  def __init__(self, rngs: nnx.Rngs) -> None:
-    self.hidden = nnx.Linear(3, 8, rngs=rngs)
-    self.out = nnx.Linear(8, 1, rngs=rngs)
+def _average_of_constant_params(tx: optax.GradientTransformation, params: jax.Array) -> jax.Array:
+  """The bias-corrected average after 1,000 steps that leave ``params`` where they are.
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.out(nnx.relu(self.hidden(x)))
+  The average of a constant is that constant at every step, whatever beta.
+  """
+
+  def body(state: AveragedParamsState, _: None) -> tuple[AveragedParamsState, None]:
+    return tx.update(jnp.zeros_like(params), state, params)[1], None
+
+  state, _ = jax.jit(lambda s: jax.lax.scan(body, s, length=1000))(tx.init(params))
+  return averaged_params(state)
 
 
-def test_flax_nnx_model_evaluates_with_averaged_params() -> None:
-  model = _MLP(nnx.Rngs(0))
+def test_bfloat16_average_warns_once_and_indeed_cannot_move() -> None:
+  """bfloat16 has eps = 2^-7: 0.999 x rounds back to x, so the average sticks."""
+  params = jnp.ones(3, jnp.bfloat16)
+  tx = average_params(0.999)
+  with pytest.warns(UserWarning, match=re.escape("(dtype=jnp.float32)")) as records:
+    tx.init(params)
+  assert len(records) == 1
+  assert "beta=0.999 cannot move the average stored in bfloat16" in str(records[0].message)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    stuck = _average_of_constant_params(tx, params)
+  # The stored average climbs towards 1 until 0.001 (1 - x) is below half a
+  # bfloat16 step, near 0.25, and stays there: read back it is 0.39, not 1.
+  assert stuck.dtype == jnp.bfloat16
+  np.testing.assert_array_less(stuck.astype(jnp.float32), 0.5)
+
+
+def test_float32_average_of_bfloat16_params_does_not_warn_and_moves() -> None:
+  params = jnp.ones(3, jnp.bfloat16)
+  tx = average_params(0.999, dtype=jnp.float32)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    tx.init(params)
+  np.testing.assert_allclose(_average_of_constant_params(tx, params), 1.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "params_dtype"),
+  [({}, jnp.float32), ({}, jnp.float16), ({"beta": 0.99}, jnp.bfloat16)],
+)
+def test_no_warning_where_the_average_can_move(kwargs: dict[str, float], params_dtype: Any) -> None:
+  """1 - beta is at least half a step of the storage dtype (float16's eps is 2^-10)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    average_params(**kwargs).init(jnp.ones(3, params_dtype))
+
+
+def test_traced_beta_is_not_checked() -> None:
+  params = jnp.ones(3, jnp.bfloat16)
+  injected = optax.inject_hyperparams(average_params)(beta=0.999)
+  jitted = jax.jit(lambda beta: average_params(beta).init(params))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert averaged_params(injected.init(params)).dtype == jnp.bfloat16
+    assert jitted(0.999).average.dtype == jnp.bfloat16
+
+
+def test_flax_nnx_model_evaluates_with_averaged_params(digits: Digits) -> None:
+  model = MLP(rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, optax.chain(ao.adam(0.05), average_params(0.9)), wrt=nnx.Param)
-  x = jax.random.normal(jax.random.key(1), (64, 3))
-  y = jnp.sin(x.sum(axis=1, keepdims=True))
 
   @nnx.jit
-  def train_step(model: _MLP, optimizer: nnx.Optimizer) -> jax.Array:
-    loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+  def train_step(model: MLP, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array) -> jax.Array:
+    loss, grads = nnx.value_and_grad(lambda m: classification_loss(m, x, y))(model)
     optimizer.update(model, grads)
     return loss
 
   for _ in range(15):
-    train_step(model, optimizer)
+    train_step(model, optimizer, digits.x_train, digits.y_train)
   averaged = averaged_params(nnx.as_pure(optimizer.opt_state))
   eval_model = nnx.clone(model)
   nnx.update(eval_model, averaged)
-  kernel = nnx.as_pure(nnx.state(eval_model, nnx.Param))["hidden"]["kernel"]
-  np.testing.assert_array_equal(kernel, averaged["hidden"]["kernel"])
-  assert not np.array_equal(kernel, model.hidden.kernel[...])  # the training model is untouched
-  assert np.isfinite(float(jnp.mean((eval_model(x) - y) ** 2)))
+  kernel = nnx.as_pure(nnx.state(eval_model, nnx.Param))["hidden1"]["kernel"]
+  np.testing.assert_array_equal(kernel, averaged["hidden1"]["kernel"])
+  assert not np.array_equal(kernel, model.hidden1.kernel[...])  # the training model is untouched
+  test_loss = nnx.jit(classification_loss)(eval_model, digits.x_test, digits.y_test)
+  assert np.isfinite(float(test_loss))

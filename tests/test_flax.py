@@ -1,7 +1,8 @@
 """ao optimizers in Flax: NNX's ``nnx.Optimizer`` and Linen's ``TrainState``.
 
 Real models trained on the handwritten digits that scikit-learn bundles
-(1,797 8x8 images, no download), on a fixed train/test split.
+(1,797 8x8 images, no download), on a fixed train/test split: the
+``digits`` fixture and the figure-2 MLP of ``adam_optax.experiments``.
 """
 
 from __future__ import annotations
@@ -13,35 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from flax import nnx
 from flax.training import train_state
-from sklearn.datasets import load_digits
 
 import adam_optax as ao
-
-Digits = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
-
-
-@pytest.fixture(scope="module")
-def digits() -> Digits:
-  """(x_train, y_train, x_test, y_test): pixels scaled to [0, 1], 1,400 / 397 split."""
-  images, labels = load_digits(return_X_y=True)
-  order = np.random.default_rng(0).permutation(len(images))
-  x = jnp.asarray(images[order] / 16.0, jnp.float32)
-  y = jnp.asarray(labels[order], jnp.int32)
-  return x[:1400], y[:1400], x[1400:], y[1400:]
-
-
-class MLP(nnx.Module):
-  """64 pixels -> 128 ReLU units -> 10 logits."""
-
-  def __init__(self, rngs: nnx.Rngs) -> None:
-    self.hidden = nnx.Linear(64, 128, rngs=rngs)
-    self.out = nnx.Linear(128, 10, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.out(nnx.relu(self.hidden(x)))
+from adam_optax.experiments.data import Digits
+from adam_optax.experiments.models import MLP
 
 
 @nnx.jit
@@ -60,11 +38,11 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> float:
 
 def test_nnx_mlp_reaches_95_percent_test_accuracy(digits: Digits) -> None:
   x_train, y_train, x_test, y_test = digits
-  model = MLP(nnx.Rngs(0))
+  model = MLP(rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, ao.adam(1e-2), wrt=nnx.Param)
   losses = [nnx_train_step(model, optimizer, x_train, y_train) for _ in range(150)]
   assert float(losses[-1]) < 0.1 * float(losses[0])
-  assert accuracy(model(x_test), y_test) >= 0.95  # measured: 0.990
+  assert accuracy(model(x_test), y_test) >= 0.95  # measured: 0.964
   assert int(optimizer.step[...]) == 150
   moments = optimizer.opt_state[0]
   assert isinstance(moments, ao.MomentsState)
@@ -75,7 +53,7 @@ def test_nnx_optimizer_with_ao_adam_equals_optax_adam(digits: Digits) -> None:
   x_train, y_train, _, _ = digits
   trained = {}
   for name, tx in [("ao", ao.adam(1e-2)), ("optax", optax.adam(1e-2))]:
-    model = MLP(nnx.Rngs(0))
+    model = MLP(rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     for _ in range(10):
       nnx_train_step(model, optimizer, x_train, y_train)
@@ -88,6 +66,7 @@ def test_nnx_optimizer_with_ao_adam_equals_optax_adam(digits: Digits) -> None:
 
 def test_linen_train_state_logistic_regression_reaches_90_percent(digits: Digits) -> None:
   x_train, y_train, x_test, y_test = digits
+  x_train, x_test = x_train.reshape(-1, 64), x_test.reshape(-1, 64)  # Dense maps the last axis
   model = nn.Dense(10)  # multinomial logistic regression
   params = model.init(jax.random.key(0), x_train[:1])["params"]
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=ao.adam(5e-2))
@@ -102,7 +81,7 @@ def test_linen_train_state_logistic_regression_reaches_90_percent(digits: Digits
 
   state, losses = jax.jit(lambda s: jax.lax.scan(train_step, s, length=300))(state)
   assert float(losses[-1]) < 0.1 * float(losses[0])
-  assert accuracy(model.apply({"params": state.params}, x_test), y_test) >= 0.90  # measured: 0.975
+  assert accuracy(model.apply({"params": state.params}, x_test), y_test) >= 0.90  # measured: 0.953
   assert int(state.step) == 300
   assert isinstance(state.opt_state[0], ao.MomentsState)
   assert int(state.opt_state[0].count) == 300

@@ -124,42 +124,43 @@ def vae_metrics(model: nnx.Module, x: jax.Array, y: jax.Array) -> dict[str, jax.
   return {"loss": negative_elbo(model, x, y)}
 
 
+def _classifier(
+  name: str,
+  title: str,
+  model: Callable[..., nnx.Module],
+  steps: int,
+  *,
+  loss: Loss = classification_loss,
+  evaluate: Evaluate = classification_metrics,
+) -> Problem:
+  """A classifier of standardized digits, scored by cross-entropy and accuracy by default."""
+  return Problem(
+    name, title, lambda rngs: model(rngs=rngs), loss, evaluate, standardized=True, steps=steps
+  )
+
+
 PROBLEMS: dict[str, Problem] = {
-  "logreg": Problem(
-    name="logreg",
-    title="L2-regularized logistic regression (paper fig. 1)",
-    make_model=lambda rngs: models.LogisticRegression(rngs=rngs),
-    loss=regularized_logistic_loss,
-    evaluate=regularized_logistic_metrics,
-    standardized=True,
-    steps=1000,
-  ),
-  "mlp": Problem(
-    name="mlp",
-    title="MLP 64-128-128-10 with dropout (paper fig. 2)",
-    make_model=lambda rngs: models.MLP(rngs=rngs),
-    loss=classification_loss,
-    evaluate=classification_metrics,
-    standardized=True,
-    steps=300,
-  ),
-  "cnn": Problem(
-    name="cnn",
-    title="ConvNet c8-c16-64 (paper fig. 3)",
-    make_model=lambda rngs: models.ConvNet(rngs=rngs),
-    loss=classification_loss,
-    evaluate=classification_metrics,
-    standardized=True,
-    steps=200,
-  ),
-  "vae": Problem(
-    name="vae",
-    title="VAE, bias correction (paper fig. 4)",
-    make_model=lambda rngs: models.VAE(rngs=rngs),
-    loss=negative_elbo,
-    evaluate=vae_metrics,
-    standardized=False,
-    steps=300,
-    study="bias_correction",
-  ),
+  problem.name: problem
+  for problem in (
+    _classifier(
+      "logreg",
+      "L2-regularized logistic regression (paper fig. 1)",
+      models.LogisticRegression,
+      steps=1000,
+      loss=regularized_logistic_loss,
+      evaluate=regularized_logistic_metrics,
+    ),
+    _classifier("mlp", "MLP 64-128-128-10 with dropout (paper fig. 2)", models.MLP, steps=300),
+    _classifier("cnn", "ConvNet c8-c16-64 (paper fig. 3)", models.ConvNet, steps=200),
+    Problem(
+      name="vae",
+      title="VAE, bias correction (paper fig. 4)",
+      make_model=lambda rngs: models.VAE(rngs=rngs),
+      loss=negative_elbo,
+      evaluate=vae_metrics,
+      standardized=False,
+      steps=300,
+      study="bias_correction",
+    ),
+  )
 }

@@ -15,5 +15,8 @@ Used by ``adam-optax compare`` and by the notebooks, so both run the same code:
 * :mod:`~adam_optax.experiments.report` and
   :mod:`~adam_optax.experiments.plots`: ``results.json``, ``results.md`` and
   the figures;
+* :mod:`~adam_optax.experiments.diagnostics`: what ``--diagnostics`` records
+  (the SNR and the step size against its bounds) and evaluates (the averaged
+  parameters);
 * :mod:`~adam_optax.experiments.compare`: the ``compare`` subcommand.
 """

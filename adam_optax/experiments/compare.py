@@ -10,6 +10,11 @@ correction over b1, b2 and the step size.
 Writes ``DIR/results.json`` (one record per run), ``DIR/results.md`` (mean ±
 std over seeds at the best learning rate) and ``DIR/<problem>.png``, all
 renamed into place only once everything is done; prints the summary table.
+With ``--diagnostics`` the Adam-family runs also record the signal-to-noise
+ratio and the step size against its bounds at every step, and evaluate the
+moving average of their parameters
+(:mod:`~adam_optax.experiments.diagnostics`): ``results.md`` gets two more
+tables and each problem a ``DIR/<problem>_diagnostics.png``.
 """
 
 from __future__ import annotations
@@ -23,13 +28,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from tqdm import tqdm
 
-from adam_optax.experiments import data, optimizers, plots, report, train
+from adam_optax.experiments import data, diagnostics, optimizers, plots, report, train
 from adam_optax.experiments.problems import PROBLEMS, Problem
 
 DEFAULT_SEEDS = 3
@@ -122,6 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     action="store_true",
     help="a smoke run: fewer steps, seeds and optimizers (explicit flags still win)",
   )
+  diagnostics.add_arguments(parser)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,29 +138,59 @@ class Program:
   optimizer: optimizers.Optimizer
   grid: train.Grid
   steps: int
+  metrics: Mapping[str, train.MetricFn] = dataclasses.field(
+    default_factory=lambda: train.DEFAULT_METRICS
+  )
+  evaluations: Mapping[str, train.ParamsFn] = dataclasses.field(default_factory=dict)
+
+
+def _program(
+  args: argparse.Namespace,
+  problem: Problem,
+  optimizer: optimizers.Optimizer,
+  steps: int,
+  **axes: Sequence[float],
+) -> Program:
+  """One program; with ``--diagnostics``, an Adam-family one records and averages."""
+  seeds = range(args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS))
+  if not (args.diagnostics and optimizer.records_diagnostics):
+    return Program(problem, optimizer, train.make_grid(seeds, **axes), steps)
+  beta = diagnostics.average_beta(args)
+  return Program(
+    problem,
+    diagnostics.instrument(optimizer),
+    train.make_grid(seeds, **axes, average_beta=(beta,)),
+    steps,
+    diagnostics.METRICS,
+    diagnostics.EVALUATIONS,
+  )
 
 
 def plan(args: argparse.Namespace) -> list[Program]:
   """The programs that the flags ask for, in order."""
-  seeds = range(args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS))
   names = args.optimizers or (list(QUICK_OPTIMIZERS) if args.quick else list(optimizers.OPTIMIZERS))
   programs = []
   for problem in (PROBLEMS[name] for name in args.problems):
     steps = args.steps or (QUICK_STEPS if args.quick else problem.steps)
     if problem.study == "bias_correction":
       for variant in optimizers.BIAS_CORRECTION_VARIANTS.values():
-        grid = train.make_grid(
-          seeds,
-          learning_rate=variant.learning_rates,
-          b1=optimizers.BIAS_CORRECTION_B1,
-          b2=optimizers.BIAS_CORRECTION_B2,
+        programs.append(
+          _program(
+            args,
+            problem,
+            variant,
+            steps,
+            learning_rate=variant.learning_rates,
+            b1=optimizers.BIAS_CORRECTION_B1,
+            b2=optimizers.BIAS_CORRECTION_B2,
+          )
         )
-        programs.append(Program(problem, variant, grid, steps))
     else:
       for name in names:
         optimizer = optimizers.OPTIMIZERS[name]
-        grid = train.make_grid(seeds, learning_rate=optimizer.learning_rates)
-        programs.append(Program(problem, optimizer, grid, steps))
+        programs.append(
+          _program(args, problem, optimizer, steps, learning_rate=optimizer.learning_rates)
+        )
   return programs
 
 
@@ -168,15 +204,21 @@ def _check_writable(out: Path, parser: argparse.ArgumentParser) -> None:
     parser.error(f"cannot write to --out {str(out)!r}: {error.strerror or error}")
 
 
+def _markdown(summaries: list[report.Summary]) -> str:
+  """The ``results.md`` text: the summary tables, then any diagnostics section."""
+  section = diagnostics.markdown(summaries)
+  return report.markdown(summaries) + (f"\n{section}" if section else "")
+
+
 def _writers(
   all_records: list[report.Record], summaries: list[report.Summary]
 ) -> dict[str, report.Writer]:
-  """The output files, by name: results.json, results.md and one PNG per problem."""
+  """The output files: results.json, results.md, one PNG per problem and any diagnostics PNGs."""
   writers: dict[str, report.Writer] = {
     "results.json": lambda path: path.write_text(
       json.dumps(all_records, indent=1, allow_nan=False) + "\n"
     ),
-    "results.md": lambda path: path.write_text(report.markdown(summaries)),
+    "results.md": lambda path: path.write_text(_markdown(summaries)),
   }
   for name in dict.fromkeys(r["problem"] for r in all_records):
     problem = PROBLEMS[name]
@@ -188,6 +230,10 @@ def _writers(
         problem.title, [s for s in summaries if s.record["problem"] == name]
       )
     writers[f"{name}.png"] = functools.partial(plots.save_png, figure)
+    watched = diagnostics.watched([s for s in summaries if s.record["problem"] == name])
+    if watched:
+      figure = plots.diagnostics_figure(problem.title, diagnostics.figure_settings(watched))
+      writers[f"{name}_diagnostics.png"] = functools.partial(plots.save_png, figure)
   return writers
 
 
@@ -225,6 +271,8 @@ def train_all(
         program.grid,
         digits,
         program.steps,
+        metrics=program.metrics,
+        evaluations=program.evaluations,
         on_chunk=advance,
       )
       name = program.optimizer.name
@@ -243,6 +291,9 @@ def train_all(
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   """Runs the comparison; returns 0, or 130 when interrupted (nothing written)."""
   programs = plan(args)
+  error = diagnostics.flag_error(args, {p.problem.name for p in programs if p.evaluations})
+  if error:
+    parser.error(error)
   _check_writable(args.out, parser)
   digits = data.load_digits()
   started = time.perf_counter()
@@ -254,7 +305,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   except KeyboardInterrupt:
     print(f"adam-optax compare: interrupted; nothing written to {args.out}", file=sys.stderr)
     return 130
-  print(report.markdown(summaries))
+  print(_markdown(summaries))
   elapsed = time.perf_counter() - started
   print(f"{len(all_records)} runs in {elapsed:.0f} s; wrote {', '.join(writers)} to {args.out}")
   return 0

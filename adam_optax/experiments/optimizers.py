@@ -16,6 +16,7 @@ import chex
 import optax
 
 import adam_optax as ao
+from adam_optax.optimizers import _direction
 
 Factory = Callable[..., optax.GradientTransformation]
 
@@ -29,12 +30,15 @@ class Optimizer:
     label: the name in figure legends.
     factory: builds the transformation from keyword hyper-parameters.
     learning_rates: the learning rates swept (the best one is kept).
+    records_diagnostics: whether ``factory`` takes ``diagnostics=True``
+      (the Adam family), which ``--diagnostics`` turns on.
   """
 
   name: str
   label: str
   factory: Factory
   learning_rates: tuple[float, ...]
+  records_diagnostics: bool = False
 
 
 def sgd_nesterov(
@@ -70,6 +74,8 @@ def adam_without_bias_correction(
   b1: chex.Numeric = 0.9,
   b2: chex.Numeric = 0.999,
   eps: chex.Numeric = 1e-8,
+  *,
+  diagnostics: bool = False,
 ) -> optax.GradientTransformation:
   r"""Adam with lines 9-10 of Algorithm 1 left out: the chain without :func:`ao.bias_correct`.
 
@@ -91,6 +97,8 @@ def adam_without_bias_correction(
     b1: see :func:`ao.adam`.
     b2: see :func:`ao.adam`.
     eps: see :func:`ao.adam`.
+    diagnostics: see :func:`ao.adam`; the recorded bound is the one for
+      moments that are not bias-corrected.
 
   Returns:
     ``optax.chain(ao.scale_by_moments(b1, b2), ao.normalize(eps), ao.scale_by_lr(learning_rate))``.
@@ -98,7 +106,8 @@ def adam_without_bias_correction(
   References:
     Kingma & Ba, 2015, section 3 and figure 4.
   """
-  return optax.chain(ao.scale_by_moments(b1, b2), ao.normalize(eps), ao.scale_by_lr(learning_rate))
+  direction = _direction(eps, 0.0, learning_rate, diagnostics, mu=False, nu=False)
+  return optax.chain(ao.scale_by_moments(b1, b2), direction, ao.scale_by_lr(learning_rate))
 
 
 def injected(factory: Factory, **hyperparams: chex.Numeric) -> optax.GradientTransformation:
@@ -126,8 +135,8 @@ def injected(factory: Factory, **hyperparams: chex.Numeric) -> optax.GradientTra
 OPTIMIZERS: dict[str, Optimizer] = {
   opt.name: opt
   for opt in (
-    Optimizer("adam", "Adam", ao.adam, (3e-3, 1e-2, 3e-2)),
-    Optimizer("adamax", "AdaMax", ao.adamax, (6e-3, 2e-2, 6e-2)),
+    Optimizer("adam", "Adam", ao.adam, (3e-3, 1e-2, 3e-2), records_diagnostics=True),
+    Optimizer("adamax", "AdaMax", ao.adamax, (6e-3, 2e-2, 6e-2), records_diagnostics=True),
     Optimizer("sgd_nesterov", "SGD Nesterov", sgd_nesterov, (3e-2, 1e-1, 3e-1)),
     Optimizer("adagrad", "AdaGrad", optax.adagrad, (3e-2, 1e-1, 3e-1)),
     Optimizer("rmsprop", "RMSProp", optax.rmsprop, (1e-3, 3e-3, 1e-2)),
@@ -142,12 +151,19 @@ BIAS_CORRECTION_LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 BIAS_CORRECTION_VARIANTS: dict[str, Optimizer] = {
   opt.name: opt
   for opt in (
-    Optimizer("adam", "with bias correction", ao.adam, BIAS_CORRECTION_LEARNING_RATES),
+    Optimizer(
+      "adam",
+      "with bias correction",
+      ao.adam,
+      BIAS_CORRECTION_LEARNING_RATES,
+      records_diagnostics=True,
+    ),
     Optimizer(
       "adam_no_bias_correction",
       "without bias correction",
       adam_without_bias_correction,
       BIAS_CORRECTION_LEARNING_RATES,
+      records_diagnostics=True,
     ),
   )
 }

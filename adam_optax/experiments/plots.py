@@ -1,4 +1,7 @@
-"""Figures like the paper's: loss curves (figures 1-3) and the bias-correction grid (figure 4).
+"""Figures: the paper's loss curves (figures 1-3) and bias-correction grid (figure 4).
+
+And, for ``--diagnostics``, the signal-to-noise ratio and the step size against
+its bounds over training (the paper's section 2.1).
 
 The figures are plain :class:`matplotlib.figure.Figure` objects drawn on the
 Agg canvas, without pyplot: no global backend or figure state, nothing to
@@ -14,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from adam_optax.experiments.optimizers import BIAS_CORRECTION_VARIANTS, OPTIMIZERS
 from adam_optax.experiments.report import Record, Summary, plural
@@ -39,6 +43,16 @@ def png_bytes(figure: Figure) -> bytes:
   return buffer.getvalue()
 
 
+def _label(record: Record) -> str:
+  """The legend label of a setting: the optimizer's label, any b1, b2, and the learning rate."""
+  if "b1" in record:
+    name = BIAS_CORRECTION_VARIANTS[record["optimizer"]].label
+    name += f", β1={record['b1']:g}, β2={record['b2']:g}"
+  else:
+    name = OPTIMIZERS[record["optimizer"]].label
+  return f"{name} (lr {record['learning_rate']:g})"
+
+
 def curves_figure(title: str, summaries: Sequence[Summary], metric: str = "train_loss") -> Figure:
   """Training loss against iterations, one line per optimizer at its best learning rate.
 
@@ -57,10 +71,8 @@ def curves_figure(title: str, summaries: Sequence[Summary], metric: str = "train
   ax = figure.add_subplot()
   for summary in summaries:
     steps = summary.runs[0]["curve_steps"]
-    curves = np.stack([_array(run[f"{metric}_curve"]) for run in summary.runs])
-    optimizer = OPTIMIZERS[summary.record["optimizer"]]
-    label = f"{optimizer.label} (lr {summary.record['learning_rate']:g})"
-    (line,) = ax.plot(steps, np.nanmean(curves, axis=0), label=label, lw=1.5)
+    curves = summary.curves(metric)
+    (line,) = ax.plot(steps, np.nanmean(curves, axis=0), label=_label(summary.record), lw=1.5)
     low, high = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
     ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
   ax.set_yscale("log")
@@ -128,4 +140,59 @@ def bias_correction_figure(title: str, all_records: Sequence[Record]) -> Figure:
   axes[0, 0].legend(fontsize=7)
   seeds = plural("seed", len({r["seed"] for r in all_records}))
   figure.suptitle(f"{title}: mean over {seeds}; × diverged or off the chart", fontsize=10)
+  return figure
+
+
+def diagnostics_figure(title: str, summaries: Sequence[Summary]) -> Figure:
+  r"""The signal-to-noise ratio and the step size against its bounds, over training.
+
+  Left: the mean over coordinates of the SNR :math:`|\hat m_t| / (\sqrt{\hat
+  v_t} + \epsilon)` (solid) and its maximum (dotted); it falls as the
+  gradients' mean vanishes near an optimum, the paper's annealing. Right: the
+  largest step of a coordinate, :math:`\max_i |\Delta_{t,i}| / \alpha`
+  (solid, the maximum SNR), under the strict bound (dashed) that holds for
+  every gradient stream, with the paper's approximate bound (dotted). One
+  colour per optimizer at its best learning rate; each line is the mean over
+  seeds of window means; the y axes are logarithmic.
+
+  Args:
+    title: the figure title.
+    summaries: the settings of one problem that recorded diagnostics.
+
+  Returns:
+    The figure.
+
+  References:
+    Kingma & Ba, 2015, section 2.1.
+  """
+  figure = Figure(figsize=(10.0, 4.4), layout="constrained")
+  snr_ax, step_ax = figure.subplots(1, 2)
+  for summary in summaries:
+    steps = summary.runs[0]["curve_steps"]
+    alpha = summary.curves("alpha")
+    snr_mean, snr_max = (np.nanmean(summary.curves(n), axis=0) for n in ("snr_mean", "snr_max"))
+    step, strict, paper = (
+      np.nanmean(summary.curves(n) / alpha, axis=0)
+      for n in ("step_max", "bound_strict", "bound_paper")
+    )
+    (line,) = snr_ax.plot(steps, snr_mean, lw=1.5, label=_label(summary.record))
+    color = line.get_color()
+    snr_ax.plot(steps, snr_max, ":", lw=1.0, color=color)
+    step_ax.plot(steps, step, lw=1.5, color=color)
+    step_ax.plot(steps, strict, "--", lw=1.0, color=color)
+    step_ax.plot(steps, paper, ":", lw=1.0, color=color)
+  snr_ax.set_title("signal-to-noise ratio |m̂| / (√v̂ + ε)", fontsize=9)
+  snr_ax.set_ylabel("SNR")
+  step_ax.set_title("largest step of a coordinate, and its bounds", fontsize=9)
+  step_ax.set_ylabel("step / α")
+  for ax in (snr_ax, step_ax):
+    ax.set_yscale("log")
+    ax.set_xlabel("iterations")
+    ax.grid(True, which="both", alpha=0.3)
+  snr_ax.legend(fontsize=8)
+  styles = {"-": "mean SNR, max step", ":": "max SNR, paper's bound", "--": "strict bound"}
+  handles = [Line2D([], [], color="0.3", ls=ls, label=label) for ls, label in styles.items()]
+  step_ax.legend(handles=handles, fontsize=8)
+  seeds = plural("seed", len(summaries[0].runs))
+  figure.suptitle(f"{title}: signal-to-noise ratio and step size, mean over {seeds}", fontsize=10)
   return figure

@@ -80,7 +80,9 @@ def records(
   Each has ``problem``, ``optimizer``, ``seed``, the grid's hyper-parameters
   (``learning_rate``, and ``b1``/``b2`` where swept), ``steps``,
   ``final_train_loss`` (full training set, no dropout), ``test_loss``,
-  ``test_accuracy`` (``None`` for the VAE), ``curve_steps`` with one
+  ``test_accuracy`` (``None`` for the VAE), the same two as
+  ``<name>_test_loss`` and ``<name>_test_accuracy`` for each of the result's
+  other evaluations (e.g. ``averaged_test_accuracy``), ``curve_steps`` with one
   ``<metric>_curve`` per recorded metric (window means of the per-step
   minibatch values), and ``checkpoint_steps``/``checkpoint_train_loss`` (the
   whole-training-set loss after the first and the last chunk). Diverged
@@ -90,16 +92,18 @@ def records(
   curves = {}
   for name, values in result.curves.items():
     curve_steps, curves[name] = window_means(values)
+  tests = {"test": result.test_metrics}
+  tests.update({f"{name}_test": metrics for name, metrics in result.evaluations.items()})
   out = []
   for run in range(grid.size):
     record: Record = {"problem": problem, "optimizer": optimizer, "seed": int(grid.seeds[run])}
     record.update({k: _number(v[run], digits=7) for k, v in grid.hyperparams.items()})
-    accuracy = result.test_metrics.get("accuracy")
+    record.update(steps=steps, final_train_loss=_number(result.train_metrics["loss"][run]))
+    for prefix, metrics in tests.items():
+      accuracy = metrics.get("accuracy")
+      record[f"{prefix}_loss"] = _number(metrics["loss"][run])
+      record[f"{prefix}_accuracy"] = None if accuracy is None else _number(accuracy[run])
     record.update(
-      steps=steps,
-      final_train_loss=_number(result.train_metrics["loss"][run]),
-      test_loss=_number(result.test_metrics["loss"][run]),
-      test_accuracy=None if accuracy is None else _number(accuracy[run]),
       curve_steps=[int(s) for s in curve_steps],
       **{f"{name}_curve": _curve(values[run]) for name, values in curves.items()},
       checkpoint_steps=[int(s) for s in result.checkpoint_steps],
@@ -139,6 +143,12 @@ class Summary:
   def values(self, field: str) -> np.ndarray:
     """``field`` of every seed (NaN where diverged or absent)."""
     return np.array([np.nan if r.get(field) is None else r[field] for r in self.runs])
+
+  def curves(self, metric: str) -> np.ndarray:
+    """``<metric>_curve`` of every seed, shape ``(seeds, points)`` (NaN where diverged)."""
+    return np.array(
+      [[np.nan if v is None else v for v in r[f"{metric}_curve"]] for r in self.runs], dtype=float
+    )
 
 
 def summarize(all_records: Sequence[Record]) -> list[Summary]:
@@ -190,6 +200,17 @@ def mean_std(values: np.ndarray, scale: float = 1.0) -> str:
   return f"{mean:.4g} ± {std:.2g}"
 
 
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  """The lines of a Markdown table.
+
+  Examples:
+    >>> table(["a", "b"], [["1", "2"]])
+    ['| a | b |', '| --- | --- |', '| 1 | 2 |']
+  """
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+  return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def markdown(summaries: Sequence[Summary]) -> str:
   """The ``results.md`` text: per problem, mean ± std over seeds at the best learning rate."""
   lines = [
@@ -212,7 +233,7 @@ def markdown(summaries: Sequence[Summary]) -> str:
       f"## {problem} ({plural('step', steps)}, {plural('seed', len(rows[0].runs))})",
       "",
     ]
-    lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    cells_of_rows = []
     for row in rows:
       cells = [row.record["optimizer"]]
       cells += [f"{row.record['b1']:g}", f"{row.record['b2']:g}"] if betas else []
@@ -223,7 +244,8 @@ def markdown(summaries: Sequence[Summary]) -> str:
         else mean_std(row.values("test_accuracy"), scale=100)
       )
       cells.append(f"{row.diverged}/{row.total}")
-      lines.append("| " + " | ".join(cells) + " |")
+      cells_of_rows.append(cells)
+    lines += table(header, cells_of_rows)
   return "\n".join(lines) + "\n"
 
 

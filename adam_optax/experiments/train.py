@@ -12,7 +12,10 @@ compiled program. Minibatch orders are drawn with NumPy beforehand
 
 Per step, every metric in ``metrics`` is recorded for every run (by default
 only ``"train_loss"``, the minibatch loss); a metric is a function of the
-:class:`StepInfo`, so more per-step diagnostics need no change here.
+:class:`StepInfo`, so more per-step diagnostics need no change here. At the
+end, the test set is evaluated at the last iterate and, for each entry of
+``evaluations``, at the parameters it derives from a run's final parameters
+and optimizer state (e.g. their moving average kept in the optimizer state).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import chex
@@ -103,6 +107,8 @@ class StepInfo(NamedTuple):
 
 MetricFn = Callable[[StepInfo], chex.Array]
 DEFAULT_METRICS: Mapping[str, MetricFn] = {"train_loss": lambda info: info.loss}
+# The parameters to evaluate, from one run's final parameters and optimizer state.
+ParamsFn = Callable[[chex.ArrayTree, optax.OptState], chex.ArrayTree]
 
 
 class RunState(NamedTuple):
@@ -124,6 +130,8 @@ class TrainResult(NamedTuple):
     checkpoint_losses: the whole-training-set loss there, ``(runs, 1 or 2)``.
     train_metrics: the problem's metrics on the full training set at the end.
     test_metrics: the problem's metrics on the test set at the end.
+    evaluations: for each of ``train``'s ``evaluations``, by name, the
+      problem's metrics on the test set at the parameters it gives.
   """
 
   curves: dict[str, np.ndarray]
@@ -131,6 +139,7 @@ class TrainResult(NamedTuple):
   checkpoint_losses: np.ndarray
   train_metrics: dict[str, np.ndarray]
   test_metrics: dict[str, np.ndarray]
+  evaluations: dict[str, dict[str, np.ndarray]]
 
 
 def _graphdef(problem: Problem) -> nnx.GraphDef:
@@ -228,6 +237,7 @@ def train(
   steps: int,
   *,
   metrics: Mapping[str, MetricFn] = DEFAULT_METRICS,
+  evaluations: Mapping[str, ParamsFn] = MappingProxyType({}),
   chunks: int = DEFAULT_CHUNKS,
   on_chunk: Callable[[], Any] | None = None,
 ) -> TrainResult:
@@ -251,6 +261,8 @@ def train(
     digits: the raw split (standardized here if the problem asks for it).
     steps: training steps per run.
     metrics: the per-step metrics to record, by name.
+    evaluations: more parameters to evaluate on the test set at the end, by
+      name: each a function of one run's final parameters and optimizer state.
     chunks: at most this many chunks of steps (see :func:`chunk_count`).
     on_chunk: called after each chunk (e.g. to advance a progress bar).
 
@@ -297,7 +309,12 @@ def train(
     jax.block_until_ready(states)
     if on_chunk is not None:
       on_chunk()
-  test = _evaluate(problem, states.params, jnp.asarray(data.x_test), jnp.asarray(data.y_test))
+  x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+  test = _evaluate(problem, states.params, x_test, y_test)
+  evaluated = {
+    name: _evaluate(problem, jax.vmap(params_fn)(states.params, states.opt_state), x_test, y_test)
+    for name, params_fn in evaluations.items()
+  }
   return TrainResult(
     curves={
       name: np.concatenate([np.asarray(c[name]) for c in curves], axis=1) for name in metrics
@@ -306,4 +323,7 @@ def train(
     checkpoint_losses=np.stack([np.asarray(c["loss"]) for c in checkpoints], axis=1),
     train_metrics={k: np.asarray(v) for k, v in checkpoints[-1].items()},
     test_metrics={k: np.asarray(v) for k, v in test.items()},
+    evaluations={
+      name: {k: np.asarray(v) for k, v in values.items()} for name, values in evaluated.items()
+    },
   )

@@ -11,6 +11,10 @@ one ``lax.scan``), the wall time of a real training step's shape (loss and
 gradients made inside the step), the fraction of roofline (at the best copy
 bandwidth measured before each tree), the peak memory, the compile time and
 the speed-up over optax.adam, as a table and optionally as JSON and a plot.
+The methods of a tree are timed round-robin under the same load, and ratios
+are medians of per-round ratios (:mod:`adam_optax.benchmarks.rounds`); the
+rows with ``diagnostics=True`` also report their overhead over the same
+method without.
 On a GPU the trees have their full size; on CPU they are scaled down (the
 GPT-2 tree 8x in width, the single leaf to 16M parameters).
 """
@@ -20,11 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 
 import jax
 
-from adam_optax.benchmarks import jax_steps, report, timing, torch_step
-from adam_optax.benchmarks.trees import TREE_NAMES, tree_specs
+from adam_optax.benchmarks import jax_steps, report, rounds, timing, torch_step
+from adam_optax.benchmarks.trees import TREE_NAMES, TreeSpec, tree_specs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     metavar="TREE",
     help=f"trees to run, from {', '.join(TREE_NAMES)} (default: all)",
   )
-  parser.add_argument("--repeats", type=int, help="timed calls per figure (default 20; 3 quick)")
+  parser.add_argument(
+    "--rounds", type=int, help="rounds of round-robin timing per figure (default 10; 3 quick)"
+  )
+  parser.add_argument(
+    "--repeats", type=int, help="timed calls of each method per round (default 2; 1 quick)"
+  )
   parser.add_argument(
     "--scan-steps", type=int, help="steps per lax.scan for the device time (default 10; 2 quick)"
   )
@@ -51,12 +61,27 @@ def _platform() -> str:
   return "gpu" if jax.devices()[0].platform == "gpu" else "cpu"
 
 
+def _measure_tree(
+  spec: TreeSpec, platform: str, with_torch: bool, n_rounds: int, repeats: int, scan_steps: int
+) -> list[rounds.Measurement]:
+  """Compiles every method on ``spec`` and times them round-robin (then frees them)."""
+  contenders = [
+    jax_steps.prepare(name, method, spec, scan_steps)
+    for name, method in jax_steps.methods(spec).items()
+  ]
+  if with_torch:
+    contenders.append(torch_step.prepare(spec, platform, scan_steps))
+  return rounds.measure(contenders, n_rounds, repeats, scan_steps)
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   """Runs the benchmark; prints the table; returns 0."""
-  repeats = args.repeats if args.repeats is not None else (3 if args.quick else 20)
+  load_at_start = list(os.getloadavg())
+  n_rounds = args.rounds if args.rounds is not None else (3 if args.quick else 10)
+  repeats = args.repeats if args.repeats is not None else (1 if args.quick else 2)
   scan_steps = args.scan_steps if args.scan_steps is not None else (2 if args.quick else 10)
-  if repeats < 1 or scan_steps < 1:
-    parser.error("--repeats and --scan-steps must be at least 1")
+  if n_rounds < 1 or repeats < 1 or scan_steps < 1:
+    parser.error("--rounds, --repeats and --scan-steps must be at least 1")
   platform = _platform()
   scale = "quick" if args.quick else ("full" if platform == "gpu" else "cpu")
   specs = tree_specs(scale)
@@ -66,18 +91,15 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   measured = []
   for tree_name in args.trees:
     spec = specs[tree_name]
-    bandwidths.append(timing.copy_bandwidth(max(4 * biggest, 1 << 20), max(repeats, 5)))
-    results = [
-      jax_steps.measure(name, method, spec, repeats, scan_steps)
-      for name, method in jax_steps.methods(spec).items()
-    ]
-    if with_torch:
-      results.append(torch_step.measure(spec, platform, repeats, scan_steps))
-    measured.append((spec, results))
+    bandwidths.append(timing.copy_bandwidth(max(4 * biggest, 1 << 20), max(3 * repeats, 5)))
+    measured.append(
+      (spec, _measure_tree(spec, platform, with_torch, n_rounds, repeats, scan_steps))
+    )
   bandwidth = max(bandwidths)
   trees = []
   for spec, results in measured:
-    baseline = next(r for r in results if r.method == report.BASELINE)
+    by_name = {r.method: r for r in results}
+    baseline = by_name[report.BASELINE]
     trees.append(
       {
         "name": spec.name,
@@ -85,7 +107,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "leaves": len(spec.shapes),
         "param_dtype": spec.dtype.name,
         "moment_dtype": spec.moment_dtype.name,
-        "results": [report.row(r, bandwidth, baseline) for r in results],
+        "left_out": jax_steps.left_out(spec),
+        "results": [
+          report.row(
+            r, bandwidth, baseline, by_name.get(jax_steps.OVERHEAD_REFERENCE.get(r.method))
+          )
+          for r in results
+        ],
       }
     )
   memory_source = (
@@ -94,8 +122,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   )
   result = {
     "schema": report.SCHEMA,
-    "context": report.context(platform),
+    "context": report.context(platform, load_at_start),
     "quick": args.quick,
+    "rounds": n_rounds,
     "repeats": repeats,
     "scan_steps": scan_steps,
     "copy_bandwidth_GBps": bandwidth / 1e9,

@@ -1,12 +1,25 @@
-"""``adam-optax bench --quick`` runs in-process and writes a complete, finite report."""
+"""``adam-optax bench``: the --quick report (complete, finite) and its round-robin ratios."""
 
+import itertools
 import json
 import math
+import statistics
 
 import pytest
 
 from adam_optax import cli
-from adam_optax.benchmarks import trees
+from adam_optax.benchmarks import jax_steps, rounds, trees
+from adam_optax.benchmarks import report as report_module
+from adam_optax.diagnosis import RECORDED
+
+JAX_METHODS = [
+  "optax.adam",
+  "ao.adam",
+  "ao.adam + diagnostics",
+  "ao fast path",
+  "ao fast path, one pass",
+  "ao fast path + diagnostics",
+]
 
 RESULT_KEYS = {
   "method",
@@ -22,6 +35,11 @@ RESULT_KEYS = {
   "real_compile_s",
   "speedup",
   "speedup_vs_optax",
+  "round_ms",
+}
+OVERHEAD_REFERENCE = {
+  "ao.adam + diagnostics": "ao.adam",
+  "ao fast path + diagnostics": "ao fast path",
 }
 
 
@@ -49,29 +67,68 @@ def report(tmp_path_factory):
 
 def test_quick_report_has_the_schema_and_every_method(report):
   data, _ = report
-  assert data["schema"] == "adam-optax-bench/1"
+  assert data["schema"] == "adam-optax-bench/2"
   assert data["quick"] is True
-  assert {"platform", "device", "date", "versions", "load_average"} <= set(data["context"])
+  assert (data["rounds"], data["repeats"], data["scan_steps"]) == (3, 1, 2)
+  context_keys = {"platform", "device", "date", "versions", "load_average", "load_average_start"}
+  assert context_keys <= set(data["context"])
   assert data["context"]["versions"]["jax"]
   assert [t["name"] for t in data["trees"]] == ["one-leaf", "gpt2-bf16"]
   bf16 = data["trees"][1]
   assert (bf16["param_dtype"], bf16["moment_dtype"]) == ("bfloat16", "float32")
   for tree in data["trees"]:
+    assert tree["left_out"] == {}
     methods = [r["method"] for r in tree["results"]]
-    assert methods[:4] == ["optax.adam", "ao.adam", "ao fast path", "ao fast path, one pass"]
+    assert methods[: len(JAX_METHODS)] == JAX_METHODS
     for result in tree["results"]:
-      assert set(result) == RESULT_KEYS
+      diagnosed = result["method"] in OVERHEAD_REFERENCE
+      assert set(result) == RESULT_KEYS | ({"overhead"} if diagnosed else set())
+      assert all(len(result["round_ms"][kind]) == data["rounds"] for kind in rounds.KINDS)
       torch = result["method"].startswith("torch")
       assert torch or None not in (result["compile_s"], result["real_compile_s"])
     baseline = tree["results"][0]
-    assert baseline["speedup_vs_optax"] == 1.0
+    assert baseline["speedup"] == {"wall": 1.0, "device": 1.0, "real": 1.0}
+
+
+def test_quick_report_ratios_are_medians_of_per_round_ratios(report):
+  data, _ = report
+  for tree in data["trees"]:
+    by_name = {r["method"]: r for r in tree["results"]}
+    baseline = by_name["optax.adam"]["round_ms"]
+    for result in tree["results"]:
+      for kind in rounds.KINDS:
+        per_round = [b / t for b, t in zip(baseline[kind], result["round_ms"][kind], strict=True)]
+        assert result["speedup"][kind] == pytest.approx(statistics.median(per_round))
+      assert result["speedup_vs_optax"] == result["speedup"]["wall"]
+    for method, reference in OVERHEAD_REFERENCE.items():
+      overhead = by_name[method]["overhead"]
+      assert overhead["reference"] == reference
+      for kind in rounds.KINDS:
+        ratios = [
+          d / r
+          for d, r in zip(
+            by_name[method]["round_ms"][kind], by_name[reference]["round_ms"][kind], strict=True
+          )
+        ]
+        assert overhead[kind] == pytest.approx(statistics.median(ratios) - 1)
+
+
+def test_quick_table_prints_the_diagnostics_overhead(report, capsys):
+  data, _ = report
+  text = report_module.table(data)
+  assert text.count("diagnostics overhead vs ao.adam: wall ") == len(data["trees"])
+  assert text.count("diagnostics overhead vs ao fast path: wall ") == len(data["trees"])
+  assert "round-robin: 3 rounds" in text
 
 
 def test_quick_report_numbers_are_finite_and_positive(report):
   data, _ = report
+  overheads = [r.pop("overhead") for t in data["trees"] for r in t["results"] if "overhead" in r]
   numbers = [*_numbers(data["trees"]), data["copy_bandwidth_GBps"]]
   assert numbers
   assert all(math.isfinite(x) and x > 0 for x in numbers)
+  # An overhead is a ratio minus 1: finite and above -1, of either sign.
+  assert all(math.isfinite(o[k]) and o[k] > -1 for o in overheads for k in rounds.KINDS)
 
 
 def test_roofline_counts_bf16_params_with_f32_moments(report):
@@ -80,6 +137,9 @@ def test_roofline_counts_bf16_params_with_f32_moments(report):
   fast = next(r for r in bf16["results"] if r["method"] == "ao fast path")
   # p (bf16) read+write, g (bf16) read, m and v (f32) read+write: 22 bytes a parameter.
   assert fast["bytes_per_step"] == 22 * bf16["params"] + 2 * 4  # + the step count
+  diagnosed = next(r for r in bf16["results"] if r["method"] == "ao.adam + diagnostics")
+  # The same, plus the diagnostics' float32 scalars read and written.
+  assert diagnosed["bytes_per_step"] == fast["bytes_per_step"] + 2 * 4 * len(RECORDED)
 
 
 def test_plot_is_written(report):
@@ -98,3 +158,74 @@ def test_gpt2_tree_has_148_leaves_and_124m_params():
   spec = trees.tree_specs("full")["gpt2"]
   assert len(spec.shapes) == 148
   assert spec.size == 124_439_808
+
+
+def test_median_ratio_is_the_median_of_per_round_ratios_not_a_ratio_of_medians():
+  # Round 2 is slow for both (a load spike): per-round ratios cancel it.
+  baseline, method = [10.0, 30.0, 11.0], [5.0, 15.0, 22.0]
+  assert rounds.median_ratio(baseline, method) == 2.0
+  assert statistics.median(baseline) / statistics.median(method) == pytest.approx(11 / 15)
+  with pytest.raises(ValueError, match="shorter"):
+    rounds.median_ratio([1.0, 2.0], [1.0])
+
+
+def test_round_robin_interleaves_rotates_and_threads_each_carry():
+  seen = []
+  ticks = itertools.count()
+
+  def call(name):
+    def step(carry):
+      seen.append((name, carry))
+      return carry + 1
+
+    return step
+
+  names = ["a", "b", "c"]
+  times = rounds.round_robin(
+    {n: call(n) for n in names},
+    {n: 100 * i for i, n in enumerate(names)},
+    rounds=4,
+    repeats=2,
+    warmup=1,
+    clock=lambda: float(next(ticks)),
+  )
+  # Warm-up of every method first, then rounds starting one method later each time.
+  order = [name for name, _ in seen]
+  assert order[:3] == names
+  expected = [n for r in range(4) for n in (names[r % 3 :] + names[: r % 3]) for _ in range(2)]
+  assert order[3:] == expected
+  # Each method's calls saw its own carry, threaded from call to call.
+  for i, n in enumerate(names):
+    assert [c for m, c in seen if m == n] == list(range(100 * i, 100 * i + 9))
+  # Each timed call is one tick of the fake clock, two calls per round.
+  assert times == {n: [[1.0, 1.0]] * 4 for n in names}
+
+
+def _measurement(method, **round_ms):
+  wall = statistics.median(round_ms["wall"])
+  return rounds.Measurement(method, 1000, wall, wall, wall, 1, 0.1, 0.1, round_ms)
+
+
+def test_row_takes_speedup_and_overhead_per_round():
+  base = _measurement("optax.adam", wall=[1.0, 2.0, 4.0], device=[1.0] * 3, real=[2.0] * 3)
+  ao = _measurement("ao.adam", wall=[1.0, 1.0, 8.0], device=[2.0] * 3, real=[1.0] * 3)
+  diag = _measurement(
+    "ao.adam + diagnostics", wall=[1.5, 1.0, 8.0], device=[3.0] * 3, real=[1.1] * 3
+  )
+  row = report_module.row(diag, 1e9, base, ao)
+  assert row["speedup"] == pytest.approx({"wall": 2 / 3, "device": 1 / 3, "real": 2 / 1.1})
+  assert row["overhead"] == pytest.approx(
+    {"reference": "ao.adam", "wall": 0.0, "device": 0.5, "real": 0.1}
+  )
+  assert "overhead" not in report_module.row(ao, 1e9, base)
+  assert report_module.row(ao, 1e9, base)["speedup_vs_optax"] == 1.0
+
+
+def test_diagnostics_rows_are_left_out_only_on_many_leaves():
+  specs = trees.tree_specs("cpu")
+  for name, spec in specs.items():
+    methods = list(jax_steps.methods(spec))
+    left_out = jax_steps.left_out(spec)
+    assert set(methods) | set(left_out) == set(JAX_METHODS)
+    diagnosed = list(OVERHEAD_REFERENCE)
+    assert list(left_out) == (diagnosed if name == "many-leaves" else [])

@@ -12,9 +12,9 @@ from typing import Any
 
 import jax
 
-from adam_optax.benchmarks.jax_steps import Measurement
+from adam_optax.benchmarks.rounds import KINDS, Measurement, median_ratio
 
-SCHEMA = "adam-optax-bench/1"
+SCHEMA = "adam-optax-bench/2"
 BASELINE = "optax.adam"
 COLUMNS = (
   ("method", "method", "{}"),
@@ -46,8 +46,12 @@ def _cpu_model() -> str:
   return names[0] if names else platform_module.processor() or platform_module.machine()
 
 
-def context(platform: str) -> dict[str, Any]:
-  """The device, the versions and the date that every figure is tied to."""
+def context(platform: str, load_at_start: list[float]) -> dict[str, Any]:
+  """The device, the versions, the date and the load that every figure is tied to.
+
+  ``load_average`` is read now (the end of the run); ``load_at_start`` is the
+  load average read at its start.
+  """
   device = jax.devices()[0]
   return {
     "platform": platform,
@@ -55,6 +59,7 @@ def context(platform: str) -> dict[str, Any]:
     "cpu": _cpu_model(),
     "cpu_count": os.cpu_count(),
     "load_average": list(os.getloadavg()),
+    "load_average_start": load_at_start,
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "versions": {
       "python": sys.version.split()[0],
@@ -63,12 +68,20 @@ def context(platform: str) -> dict[str, Any]:
   }
 
 
-def row(result: Measurement, bandwidth: float, baseline: Measurement | None) -> dict[str, Any]:
-  """One method's figures, with its fraction of roofline and ratios to optax.adam.
+def row(
+  result: Measurement,
+  bandwidth: float,
+  baseline: Measurement | None,
+  reference: Measurement | None = None,
+) -> dict[str, Any]:
+  """One method's figures, with its fraction of roofline and its ratios.
 
   The roofline is the method's bytes per step at the measured copy
   bandwidth; the fraction divides it by the dispatched step's wall time.
-  Ratios are optax.adam's time over this method's (above 1: faster).
+  ``speedup`` holds, per kind of figure, optax.adam's time over this
+  method's, the median over rounds of the per-round ratio (above 1: faster).
+  With a ``reference`` (the same method without diagnostics), ``overhead``
+  holds this method's time over the reference's, minus 1, taken the same way.
   """
   out = dataclasses.asdict(result)
   out["roofline_ms"] = result.bytes_per_step / bandwidth * 1e3
@@ -76,11 +89,22 @@ def row(result: Measurement, bandwidth: float, baseline: Measurement | None) -> 
   out["peak_mib"] = result.peak_bytes / 2**20
   if baseline is not None:
     out["speedup"] = {
-      key: getattr(baseline, f"{key}_ms") / getattr(result, f"{key}_ms")
-      for key in ("wall", "device", "real")
+      kind: median_ratio(baseline.round_ms[kind], result.round_ms[kind]) for kind in KINDS
     }
     out["speedup_vs_optax"] = out["speedup"]["wall"]
+  if reference is not None:
+    out["overhead"] = {
+      "reference": reference.method,
+      **{kind: median_ratio(result.round_ms[kind], reference.round_ms[kind]) - 1 for kind in KINDS},
+    }
   return out
+
+
+def _overhead_line(overhead: dict[str, Any]) -> str:
+  """E.g. ``diagnostics overhead vs ao.adam: wall +4%, device +31%, real step +9%``."""
+  kinds = {"wall": "wall", "device": "device", "real": "real step"}
+  figures = ", ".join(f"{title} {overhead[kind]:+.0%}" for kind, title in kinds.items())
+  return f"diagnostics overhead vs {overhead['reference']}: {figures}"
 
 
 def table(report: dict[str, Any]) -> str:
@@ -91,7 +115,11 @@ def table(report: dict[str, Any]) -> str:
     f"{ctx['cpu_count']} cores), {ctx['date']}",
     "versions: " + ", ".join(f"{k} {v}" for k, v in ctx["versions"].items() if v),
     f"copy bandwidth {report['copy_bandwidth_GBps']:.1f} GB/s (read+write); "
-    f"load average {ctx['load_average'][0]:.2f}; peak memory: {report['memory_source']}",
+    f"load average {ctx['load_average_start'][0]:.2f} at the start, "
+    f"{ctx['load_average'][0]:.2f} at the end; peak memory: {report['memory_source']}",
+    f"round-robin: {report['rounds']} rounds, each timing {report['repeats']} calls of every "
+    f"method (device: one lax.scan of {report['scan_steps']} steps); medians over calls, "
+    "ratios the medians of per-round ratios",
   ]
   for tree in report["trees"]:
     lines.append("")
@@ -112,6 +140,11 @@ def table(report: dict[str, Any]) -> str:
           for i, (c, w) in enumerate(zip(r, widths, strict=True))
         )
       )
+    for result in tree["results"]:
+      if "overhead" in result:
+        lines.append(_overhead_line(result["overhead"]))
+    for method, reason in tree.get("left_out", {}).items():
+      lines.append(f"left out: {method} ({reason})")
   return "\n".join(lines)
 
 
@@ -147,7 +180,9 @@ def plot(report: dict[str, Any], path: str) -> None:
   versions = ", ".join(f"{k} {v}" for k, v in ctx["versions"].items() if v and k != "python")
   fig.suptitle(
     f"{ctx['device']} (host {ctx['cpu']}, {ctx['cpu_count']} cores), copy bandwidth "
-    f"{report['copy_bandwidth_GBps']:.1f} GB/s, {ctx['date'][:10]}\n{versions}",
+    f"{report['copy_bandwidth_GBps']:.1f} GB/s, load average "
+    f"{ctx['load_average_start'][0]:.2f} to {ctx['load_average'][0]:.2f}, "
+    f"{ctx['date'][:10]}\n{versions}",
     fontsize=9,
   )
   fig.tight_layout()

@@ -2,17 +2,18 @@
 
 Fused (one kernel for all tensors) where this PyTorch supports it on the
 device, else ``foreach``. Its state is kept in the params' dtype (PyTorch has
-no separate moment dtype), which the per-method roofline accounts for.
+no separate moment dtype), which the per-method roofline accounts for. It
+runs in the benchmark's process, so it is timed in the same rounds as the JAX
+methods.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from typing import Any
 
-from adam_optax.benchmarks.jax_steps import LEARNING_RATE, Measurement
+from adam_optax.benchmarks.jax_steps import LEARNING_RATE
+from adam_optax.benchmarks.rounds import Contender
 from adam_optax.benchmarks.trees import TreeSpec
 
 
@@ -25,28 +26,16 @@ def available(platform: str) -> bool:
   return platform == "cpu" or (platform == "gpu" and torch.cuda.is_available())
 
 
-def _median_seconds(call: Callable[[], Any], sync: Callable[[], Any], repeats: int) -> float:
-  for _ in range(2):
-    call()
-  sync()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    call()
-    sync()
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
-
-
 def _nbytes(tensors: list[Any]) -> int:
   return sum(t.element_size() * math.prod(t.shape) for t in tensors)
 
 
-def measure(spec: TreeSpec, platform: str, repeats: int, scan_steps: int) -> Measurement:
-  """Times ``torch.optim.Adam`` on ``spec``: one step, ``scan_steps`` steps, and with backward.
+def prepare(spec: TreeSpec, platform: str, scan_steps: int) -> Contender:
+  """``torch.optim.Adam`` on ``spec``: one step, ``scan_steps`` steps, and with backward.
 
-  On a GPU the peak is ``torch.cuda.max_memory_allocated`` of one step; on
-  CPU PyTorch reports none, so it is the bytes of params, grads and state.
+  Each call synchronizes the device. On a GPU the peak is
+  ``torch.cuda.max_memory_allocated`` of one step; on CPU PyTorch reports
+  none, so it is the bytes of params, grads and state.
   """
   import torch
 
@@ -65,37 +54,40 @@ def measure(spec: TreeSpec, platform: str, repeats: int, scan_steps: int) -> Mea
   except (RuntimeError, ValueError):
     optimizer = torch.optim.Adam(params, lr=LEARNING_RATE, foreach=True)
     kind = "foreach"
-  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-  def steps() -> None:
+  def sync() -> None:
+    if device == "cuda":
+      torch.cuda.synchronize()
+
+  def step(_: None) -> None:
+    optimizer.step()
+    sync()
+
+  def steps(_: None) -> None:
     for _ in range(scan_steps):
       optimizer.step()
+    sync()
 
-  def real() -> None:
+  def real(_: None) -> None:
     optimizer.zero_grad()
     sum(0.5 * (p.float() * p.float()).sum() for p in params).backward()
     optimizer.step()
+    sync()
 
-  wall = _median_seconds(optimizer.step, sync, repeats)
-  device_s = _median_seconds(steps, sync, max(3, repeats // 4)) / scan_steps
-  real_s = _median_seconds(real, sync, repeats)
   tensors = [*params, *(p.grad for p in params)]
   state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
   if device == "cuda":
     torch.cuda.reset_peak_memory_stats()
-    optimizer.step()
-    sync()
+    step(None)
     peak = torch.cuda.max_memory_allocated()
   else:
     peak = _nbytes(tensors) + _nbytes(state)
-  bytes_per_step = 3 * _nbytes(params) + 2 * _nbytes(state)
-  return Measurement(
+  return Contender(
     f"torch Adam({kind})",
-    bytes_per_step,
-    wall * 1e3,
-    device_s * 1e3,
-    real_s * 1e3,
+    3 * _nbytes(params) + 2 * _nbytes(state),
     peak,
     None,
     None,
+    {"wall": step, "device": steps, "real": real},
+    lambda: None,
   )

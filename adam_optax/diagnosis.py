@@ -62,6 +62,11 @@ class DiagnosticsState(NamedTuple):
     nu_norm: :math:`\|\sqrt{\hat v_t}\|_2 = (\sum_i \hat v_{t,i})^{1/2}`
       (AdaMax: :math:`\|u_t\|_2`).
     alpha: the step size :math:`\alpha_t` (a schedule's current value).
+    direction: :math:`u_t` of the last step, per coordinate (param-shaped;
+      :math:`\Delta_t = -\alpha_t u_t`), to see which coordinates sit at a
+      bound. Kept in the state so that with the state donated the step writes
+      :math:`u_t` in place, where XLA would otherwise allocate a temporary for
+      it every step (both the update and the reductions read it).
     inner_state: the state of the wrapped direction piece.
   """
 
@@ -79,10 +84,26 @@ class DiagnosticsState(NamedTuple):
   mu_norm: chex.Array
   nu_norm: chex.Array
   alpha: chex.Array
+  direction: chex.ArrayTree
   inner_state: optax.OptState
 
 
-RECORDED: tuple[str, ...] = DiagnosticsState._fields[:-1]
+RECORDED: tuple[str, ...] = DiagnosticsState._fields[:-2]
+
+
+def _written_into(buffers: chex.ArrayTree, values: chex.ArrayTree) -> chex.ArrayTree:
+  """``values``, as the new contents of ``buffers`` (same shapes; cast to their dtypes).
+
+  A whole-array ``dynamic_update_slice`` is ``values`` itself, but it reads the
+  old buffers, so ``jax.jit`` keeps them as arguments and a donated one holds
+  the result in place.
+  """
+
+  def leaf(buffer: chex.Array, value: chex.Array) -> chex.Array:
+    zeros = (0,) * jnp.ndim(buffer)
+    return jax.lax.dynamic_update_slice(buffer, value.astype(buffer.dtype), zeros)
+
+  return jax.tree.map(leaf, buffers, values)
 
 
 def _frozen(value: Any) -> Any:
@@ -253,8 +274,9 @@ def diagnose(
 
   Cost: the numbers come from one variadic reduction per leaf (the maximum
   and sum of :math:`|u_t|`, the two counts, the three squared norms), which
-  reads its inputs once, and :math:`u_t` is stored once instead of being fused
-  into the update: a second pass over memory next to the memory-bound step.
+  reads its inputs once: a second pass over memory next to the memory-bound
+  step. :math:`u_t` itself is kept in the state (``direction``, one more
+  param-shaped array), so that a donated state takes it in place.
 
   Examples:
     >>> import jax.numpy as jnp, optax, adam_optax as ao
@@ -289,16 +311,23 @@ def diagnose(
 
   def init_fn(params: optax.Params) -> DiagnosticsState:
     zeros = {name: jnp.zeros([], jnp.float32) for name in RECORDED}
-    return DiagnosticsState(**zeros, inner_state=direction.init(params))
+    return DiagnosticsState(
+      **zeros,
+      direction=jax.tree.map(jnp.zeros_like, params),
+      inner_state=direction.init(params),
+    )
 
   def update_fn(
     updates: Moments, state: DiagnosticsState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, DiagnosticsState]:
     moments = require_moments("ao.diagnose", updates)
     out, inner_state = direction.update(moments, state.inner_state, params)
+    kept = _written_into(state.direction, jax.lax.stop_gradient(out))
+    # Read back what was kept, unless keeping it rounded (mixed precision).
+    read = jax.tree.map(lambda k, o: k if k.dtype == o.dtype else o, kept, out)
     alpha = _alpha(learning_rate, moments.count)
     return out, DiagnosticsState(
-      **_record(moments, out, alpha, **declared), inner_state=inner_state
+      **_record(moments, read, alpha, **declared), direction=kept, inner_state=inner_state
     )
 
   return optax.GradientTransformation(init_fn, update_fn)

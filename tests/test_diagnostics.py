@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import adam_optax as ao
+from adam_optax._search import find_states
 from adam_optax.diagnosis import SLACK, DiagnosticsState, diagnose, diagnostics
 
 PARAMS = {"w": jnp.zeros((4, 5)), "b": jnp.zeros(5)}
@@ -314,7 +315,12 @@ def test_off_is_the_plain_chain_and_on_changes_no_update(name: str, rng) -> None
   for got, want in pairs:
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  assert len(jax.tree.leaves(state_on)) == len(jax.tree.leaves(state_ref)) + 14
+  # On: 14 recorded scalars, and the last step's direction u_t kept per coordinate.
+  assert len(jax.tree.leaves(state_on)) == len(jax.tree.leaves(state_ref)) + 14 + len(PARAMS)
+  (_, recorded), *_ = find_states(state_on, DiagnosticsState)
+  if name != "adamw":  # Delta_t = -alpha u_t (adamw adds its decay after the direction)
+    for u, delta in zip(recorded.direction.values(), updates_on.values(), strict=True):
+      np.testing.assert_allclose(-0.1 * np.asarray(u), np.asarray(delta)[-1], rtol=1e-6)
 
 
 def _one_step_stats(tx: optax.GradientTransformation, steps: int = 1) -> dict[str, np.ndarray]:

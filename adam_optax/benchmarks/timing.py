@@ -1,39 +1,15 @@
-"""Timers: medians of repeated calls, compile times, copy bandwidth, memory."""
+"""Timers: compile times, copy bandwidth, memory (repeated calls: :mod:`.rounds`)."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-
-def median_seconds(call: Callable[[Any], Any], carry: Any, repeats: int, warmup: int = 2) -> float:
-  """Median wall time of ``carry = call(carry)``, each call waited for.
-
-  ``call`` takes and returns the carried value (donated buffers must be
-  threaded through), so every call sees live inputs.
-
-  Args:
-    call: one step; returns what the next call takes.
-    carry: its first input.
-    repeats: the number of timed calls.
-    warmup: untimed calls first (compilation, first-touch of new buffers).
-
-  Returns:
-    The median seconds per call.
-  """
-  for _ in range(warmup):
-    carry = jax.block_until_ready(call(carry))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    carry = jax.block_until_ready(call(carry))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+from adam_optax.benchmarks.rounds import round_robin
 
 
 def compile_seconds(jitted: Any, *args: Any) -> tuple[Any, float]:
@@ -50,7 +26,8 @@ def copy_bandwidth(size: int, repeats: int) -> float:
   place), so it is the roofline's denominator.
   """
   scale = jax.jit(lambda x: x * jnp.float32(1.0000001), donate_argnums=0)
-  seconds = median_seconds(scale, jnp.ones(size, jnp.float32), repeats)
+  (calls,) = round_robin({"copy": scale}, {"copy": jnp.ones(size, jnp.float32)}, 1, repeats)["copy"]
+  seconds = statistics.median(calls)
   return 2 * 4 * size / seconds
 
 

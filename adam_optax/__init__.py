@@ -7,7 +7,7 @@ from adam_optax.flat import FlatParams, Layout, flat_train_step, flatten_params,
 from adam_optax.lr import scale_by_lr
 from adam_optax.moments import Moments, MomentsState, scale_by_infinity_moments, scale_by_moments
 from adam_optax.normalize import normalize
-from adam_optax.optimizers import adam, adamax, adamw, amsgrad, nadam
+from adam_optax.optimizers import adam, adamax, adamw, amsgrad, nadam, nadamw
 from adam_optax.running_max import RunningMaxState, running_max
 from adam_optax.sharding import zero1_shardings
 
@@ -33,6 +33,7 @@ __all__ = [
   "flat_train_step",
   "flatten_params",
   "nadam",
+  "nadamw",
   "normalize",
   "running_max",
   "scale_by_infinity_moments",

@@ -50,8 +50,6 @@ References:
 
 from __future__ import annotations
 
-import math
-
 import chex
 import jax.numpy as jnp
 
@@ -79,42 +77,28 @@ def _ratio(numerator: chex.Numeric, b2: chex.Numeric) -> chex.Array:
   return jnp.where(numerator == 0, 0.0, numerator / b2)
 
 
-def _first_moment_weights(
-  b1: chex.Numeric, count: chex.Array, *, nesterov: bool, mu: bool
-) -> tuple[chex.Array, chex.Array]:
-  r"""``(c, d)`` with :math:`\hat m_t = \sum_k (c\,\beta_1^k + d\,[k=0])\, g_{t-k}`.
-
-  The weights :func:`ao.bias_correct` gives the gradients: Adam's
-  :math:`c = (1-\beta_1)/(1-\beta_1^t)`, :math:`d = 0`; NAdam's
-  :math:`c = \beta_1(1-\beta_1)/(1-\beta_1^{t+1})`, :math:`d = (1-\beta_1)/(1-\beta_1^t)`.
-  """
-  correction = 1 - b1**count
-  if nesterov:
-    return b1 * (1 - b1) / (1 - b1 ** (count + 1)), (1 - b1) / correction
-  scale = 1 - b1
-  return (scale / correction if mu else jnp.asarray(scale, jnp.float32)), jnp.zeros([])
-
-
 def strict_bound(
   b1: chex.Numeric,
   b2: chex.Numeric,
   count: chex.Array,
   *,
-  order: float = 2.0,
-  nesterov: bool = False,
-  mu: bool = True,
-  nu: bool = True,
+  infinity_norm: chex.Array | bool = False,
+  corrected_mu: chex.Array | bool = True,
+  corrected_nu: chex.Array | bool = True,
 ) -> chex.Array:
   r"""The bound on :math:`|\hat m_t| / \sqrt{\hat v_t}` that holds for every stream.
+
+  The flags may be traced booleans (as a state restored from a checkpoint
+  holds them); both forms are computed and the flags select.
 
   Args:
     b1: :math:`\beta_1` as the moments used it.
     b2: :math:`\beta_2` as the moments used it.
     count: the step :math:`t \ge 1`.
-    order: 2 for Adam's :math:`v_t`, ``math.inf`` for AdaMax's :math:`u_t`.
-    nesterov: the first moment is NAdam's (``ao.bias_correct(nesterov=True)``).
-    mu: the first moment was bias-corrected.
-    nu: the second moment was bias-corrected (ignored for ``order=inf``).
+    infinity_norm: the second moment is AdaMax's :math:`u_t`, not :math:`v_t`.
+    corrected_mu: the first moment was divided by :math:`1 - \beta_1^t`.
+    corrected_nu: the second moment was divided by :math:`1 - \beta_2^t`
+      (ignored for AdaMax).
 
   Returns:
     A float32 scalar, :math:`+\infty` when no bound exists (``b2 = 0 < b1``
@@ -123,24 +107,25 @@ def strict_bound(
   References:
     Kingma & Ba, 2015, section 2.1 (this module's docstring derives it).
   """
-  c, d = _first_moment_weights(b1, count, nesterov=nesterov, mu=mu)
-  if order == math.inf:
-    return c * geometric_sum(_ratio(b1, b2), count) + d
-  weights = c**2 * geometric_sum(_ratio(b1**2, b2), count) + 2 * c * d + d**2
-  second = (1 - b2**count) if nu else 1.0
-  return jnp.sqrt(weights * second / (1 - b2)).astype(jnp.float32)
+  weight = jnp.where(corrected_mu, (1 - b1) / (1 - b1**count), 1 - b1)
+  infinity = weight * geometric_sum(_ratio(b1, b2), count)
+  second = jnp.where(corrected_nu, 1 - b2**count, 1.0)
+  squared = weight**2 * geometric_sum(_ratio(b1**2, b2), count)
+  finite = jnp.sqrt(squared * second / (1 - b2))
+  return jnp.where(infinity_norm, infinity, finite).astype(jnp.float32)
 
 
-def paper_bound(b1: chex.Numeric, b2: chex.Numeric, *, order: float = 2.0) -> chex.Array:
+def paper_bound(
+  b1: chex.Numeric, b2: chex.Numeric, *, infinity_norm: chex.Array | bool = False
+) -> chex.Array:
   r"""The paper's approximate bound on :math:`|\hat m_t| / \sqrt{\hat v_t}`.
 
   :math:`(1-\beta_1)/\sqrt{1-\beta_2}` when :math:`1-\beta_1 > \sqrt{1-\beta_2}`,
-  else 1; for AdaMax (``order=inf``) 1.
+  else 1; for AdaMax (``infinity_norm``) 1.
 
   References:
     Kingma & Ba, 2015, section 2.1 and section 7.1.
   """
-  if order == math.inf:
-    return jnp.ones([], jnp.float32)
   first, root = jnp.asarray(1 - b1, jnp.float32), jnp.sqrt(jnp.asarray(1 - b2, jnp.float32))
-  return jnp.where(first > root, first / root, 1.0).astype(jnp.float32)
+  adam = jnp.where(first > root, first / root, 1.0)
+  return jnp.where(infinity_norm, 1.0, adam).astype(jnp.float32)

@@ -8,6 +8,11 @@
   bfloat16/float16 storage loses precision only when a result is stored, and
   ``eps = 1e-8`` never underflows to 0. For float32 and float64 inputs the
   upcast is the identity, which keeps results bit-identical to optax.
+* Updates: the param-shaped updates of a leaf take the promotion of the
+  gradient's dtype and the stored moments' dtypes (``update_dtypes``), which is
+  the dtype optax's arithmetic gives them: float32 params (hence float32
+  moments) with bfloat16 gradients give float32 updates, so nothing is rounded
+  to bfloat16 before it reaches float32 master weights.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
+#: A moment's storage format, as ``mu_dtype=``/``nu_dtype=`` accept it.
+Storage = DTypeLike
+
 
 def compute_dtype(dtype: DTypeLike) -> np.dtype:
   """The dtype arithmetic is done in: ``dtype`` promoted to at least float32."""
@@ -30,6 +38,15 @@ def compute_dtype(dtype: DTypeLike) -> np.dtype:
 def upcast(tree: chex.ArrayTree) -> chex.ArrayTree:
   """Casts every leaf to its :func:`compute_dtype` (a no-op for float32)."""
   return jax.tree.map(lambda x: jnp.asarray(x).astype(compute_dtype(jnp.result_type(x))), tree)
+
+
+def stored_leaves(tree: chex.ArrayTree) -> list[chex.Array]:
+  """The leaves of a stored moment, in compute precision, in tree order.
+
+  ``tree`` may be any pytree holding the moment: the params-shaped tree of a
+  state, or its form in ``nnx.state`` or a checkpoint (mappings, variables).
+  """
+  return [jnp.asarray(upcast(leaf)) for leaf in jax.tree.leaves(tree)]
 
 
 def real_dtype(dtype: DTypeLike) -> np.dtype:
@@ -46,6 +63,11 @@ def zeros(params: chex.ArrayTree, dtype: DTypeLike | None, *, real: bool = False
     return jnp.zeros_like(p, dtype=real_dtype(storage) if real else storage)
 
   return jax.tree.map(leaf, params)
+
+
+def update_dtypes(grads: chex.ArrayTree, mu: chex.ArrayTree, nu: chex.ArrayTree) -> chex.ArrayTree:
+  """Per leaf, the dtype of the updates: ``result_type`` of the gradient and both moments."""
+  return jax.tree.map(lambda g, m, v: jnp.result_type(g, m, v), grads, mu, nu)
 
 
 def cast_like(tree: chex.ArrayTree, like: chex.ArrayTree) -> chex.ArrayTree:

@@ -59,6 +59,28 @@ def check_inexact_dtype(name: str, dtype: DTypeLike | None) -> None:
     )
 
 
+def check_storage(name: str, storage: DTypeLike | None) -> None:
+  """Checks a moment's storage format: ``None`` or a floating or complex dtype."""
+  check_inexact_dtype(name, storage)
+
+
+def check_params(piece: str, params: Any) -> None:
+  """Checks at ``init`` that every param is floating or complex (naming the first that is not).
+
+  Adam's moments of an integer leaf have no meaning (its gradient is ``float0``),
+  so integer leaves are refused rather than given integer moments: leave them
+  out with :func:`optax.masked`, :func:`optax.partition` or, in Flax NNX,
+  ``nnx.Optimizer(..., wrt=nnx.Param)``.
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+      raise TypeError(
+        f"{piece}: the param at {_path_str(path)} has dtype {jnp.result_type(leaf).name}; "
+        "Adam's moments need floating or complex params. Leave integer leaves out of "
+        "the optimizer (optax.masked, optax.partition, or nnx.Optimizer(..., wrt=nnx.Param))."
+      )
+
+
 def _path_str(path: tuple[Any, ...]) -> str:
   return jax.tree_util.keystr(path) or "<root>"
 

@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
-from adam_optax import _precision, _validate
+from adam_optax import _fields, _precision, _validate
 from adam_optax._pieces import require_param_shaped
-from adam_optax._search import find_one
 
 
 class AveragedParamsState(NamedTuple):
@@ -118,19 +117,22 @@ def average_params(
 def averaged_params(opt_state: optax.OptState) -> optax.Params:
   r"""The bias-corrected average :math:`\hat\theta_t = \bar\theta_t / (1 - \beta^t)`.
 
-  Finds the one :class:`AveragedParamsState` in ``opt_state`` (inside
-  :func:`optax.chain`, :func:`optax.inject_hyperparams`,
-  :class:`optax.MultiSteps`, ...) and returns a tree like the params, in the
-  storage dtype, ready for evaluation. Before the first step the average is
-  empty and this returns zeros. With Flax NNX, pass the plain arrays and load
-  the result into a copy of the model::
+  Finds the one state of :func:`average_params` in ``opt_state`` by its
+  field names (``average``, ``weight``), as :func:`optax.tree_utils.tree_get`
+  does: inside :func:`optax.chain`, :func:`optax.inject_hyperparams`,
+  :class:`optax.MultiSteps`, in ``nnx.state(optimizer)`` or in a checkpoint
+  restored without a target. Returns a tree like the stored average (the
+  params' tree; in ``nnx.state`` form for an ``nnx.state``), in the storage
+  dtype, ready for evaluation. Before the first step the average is empty
+  and this returns zeros. With Flax NNX, load the result into a copy of the
+  model::
 
-    averaged = averaged_params(nnx.as_pure(optimizer.opt_state))
+    averaged = averaged_params(nnx.state(optimizer))
     eval_model = nnx.clone(model)
-    nnx.update(eval_model, averaged)
+    nnx.update(eval_model, nnx.to_pure_dict(averaged))
 
   Args:
-    opt_state: an optimizer state holding one :class:`AveragedParamsState`.
+    opt_state: an optimizer state holding one :func:`average_params` state.
 
   Returns:
     The averaged parameters.
@@ -141,7 +143,14 @@ def averaged_params(opt_state: optax.OptState) -> optax.Params:
   References:
     Kingma & Ba, 2015, section 7.2.
   """
-  state = find_one(opt_state, AveragedParamsState, "ao.averaged_params", "ao.average_params()")
-  weight = jnp.asarray(state.weight)
+  found = _fields.find(opt_state, AveragedParamsState._fields)
+  if len(found) != 1:
+    where = ", ".join(path or "<root>" for path, _ in found) or "nowhere"
+    raise ValueError(
+      "ao.averaged_params expected exactly one ao.average_params state (average, weight) "
+      f"in the optimizer state, but found {len(found)}: {where}."
+    )
+  state = found[0][1]
+  weight = _fields.scalar(state["weight"])
   divisor = jnp.where(weight > 0, weight, 1.0)
-  return jax.tree.map(lambda a: (_precision.upcast(a) / divisor).astype(a.dtype), state.average)
+  return jax.tree.map(lambda a: (_precision.upcast(a) / divisor).astype(a.dtype), state["average"])

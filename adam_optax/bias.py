@@ -8,7 +8,6 @@ import math
 import jax
 import optax
 
-from adam_optax import _precision
 from adam_optax._pieces import require_moments
 from adam_optax.moments import Moments
 
@@ -49,7 +48,8 @@ def bias_correct(
     Array([2.], dtype=float32)
 
   Args:
-    nesterov: use the Nesterov look-ahead first moment (NAdam).
+    nesterov: use the Nesterov look-ahead first moment (NAdam); it is a bias
+      correction of the first moment, so it needs ``mu=True``.
     mu: correct the first moment (``False`` as in the AMSGrad paper).
     nu: correct the second moment (``False`` as in the AMSGrad paper).
 
@@ -58,11 +58,17 @@ def bias_correct(
     :class:`Moments` to bias-corrected :class:`Moments`.
 
   Raises:
+    ValueError: at construction, for ``nesterov=True`` with ``mu=False``.
     TypeError: at update, when the input is not :class:`Moments`.
 
   References:
     Kingma & Ba, 2015, Algorithm 1 lines 9-10 and section 3; Dozat, 2016.
   """
+  if nesterov and not mu:
+    raise ValueError(
+      "ao.bias_correct: nesterov=True with mu=False is contradictory: the Nesterov "
+      "look-ahead is a bias-corrected first moment. Drop mu=False, or nesterov=True."
+    )
 
   def update_fn(
     updates: Moments, state: optax.EmptyState, params: optax.Params | None = None
@@ -75,13 +81,17 @@ def bias_correct(
       mu_hat = jax.tree.map(
         lambda m, g: b1 * m + (1 - b1) * g,
         optax.tree.bias_correction(moments.mu, b1, optax.safe_increment(count)),
-        optax.tree.bias_correction(_precision.upcast(moments.grad), b1, count),
+        optax.tree.bias_correction(moments.grad, b1, count),
       )
     elif mu:
       mu_hat = optax.tree.bias_correction(moments.mu, b1, count)
+    corrected_nu = nu and moments.order != math.inf
     nu_hat = moments.nu
-    if nu and moments.order != math.inf:
+    if corrected_nu:
       nu_hat = optax.tree.bias_correction(moments.nu, moments.b2, count)
-    return dataclasses.replace(moments, mu=mu_hat, nu=nu_hat), state
+    corrected = dataclasses.replace(
+      moments, mu=mu_hat, nu=nu_hat, corrected_mu=mu, corrected_nu=corrected_nu
+    )
+    return corrected, state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)

@@ -1,7 +1,7 @@
 """Lines 7-8 of Algorithm 1: the moving averages of the gradient and its square.
 
 The first piece of the chain. It keeps ``m_t``, ``v_t`` and ``t`` in its state
-and hands the next piece an :class:`Moments` value instead of param-shaped
+and hands the next piece a :class:`Moments` value instead of param-shaped
 updates, so that ``bias_correct`` and ``normalize`` need no repeated
 hyper-parameters.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -21,16 +21,31 @@ from jax.typing import DTypeLike
 
 from adam_optax import _precision, _validate
 
+_NOT_A_PYTREE = (
+  "ao.Moments, which ao.scale_by_moments hands to ao.bias_correct, ao.running_max, "
+  "ao.diagnose and ao.normalize, was used as a pytree of updates: an optax "
+  "transformation (optax.scale, optax.clip, ...) between those pieces, or a chain "
+  "that ends before ao.normalize(). Put transformations of param-shaped updates "
+  "before ao.scale_by_moments() or after ao.normalize(); they would otherwise act "
+  "on the step count and the decay rates too."
+)
 
-@dataclasses.dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Moments:
   r"""The moments of the gradient, passed between the pieces of the chain.
 
   Emitted by :func:`scale_by_moments` (and :func:`scale_by_infinity_moments`)
   as the ``updates`` of an :func:`optax.chain` link; read and re-emitted by
-  :func:`bias_correct` and :func:`running_max`; turned back into param-shaped
-  updates by :func:`normalize`. Leaves are in compute precision (at least
-  float32), before any cast to the storage dtype.
+  :func:`bias_correct`, :func:`running_max` and :func:`diagnose`; turned back
+  into param-shaped updates by :func:`normalize`. Leaves are in compute
+  precision (at least float32), before any rounding to the storage format.
+
+  It is deliberately not a pytree: a transformation that maps over updates
+  (``optax.scale``, ``optax.clip``, ``optax.clip_by_global_norm``, ...) placed
+  between the pieces would otherwise scale or clip the step count and the
+  decay rates silently. Flattening it raises a ``TypeError`` that names the
+  pieces.
 
   Attributes:
     mu: the first moment :math:`m_t` (or :math:`\hat m_t` once bias-corrected).
@@ -39,10 +54,16 @@ class Moments:
     count: the step count :math:`t` (int32, 1 at the first step).
     b1: the decay rate :math:`\beta_1` of ``mu``.
     b2: the decay rate :math:`\beta_2` of ``nu``.
-    grad: the gradient :math:`g_t` the moments were updated with, as received
-      (in its own dtype, which is the dtype the final updates take).
-    order: static; 2 when ``nu`` averages :math:`g^2`, ``math.inf`` when it is
-      AdaMax's :math:`u_t = \max(\beta_2 u_{t-1}, |g_t|)`.
+    grad: the gradient :math:`g_t` the moments were updated with, in compute
+      precision (NAdam's look-ahead reads it).
+    dtypes: per leaf, the dtype the param-shaped updates take: the promotion
+      of the gradient's and the stored moments' dtypes, as in optax.
+    order: 2 when ``nu`` averages :math:`|g|^2`, ``math.inf`` when it is
+      AdaMax's :math:`u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon)`.
+    corrected_mu: whether :func:`bias_correct` divided ``mu`` by
+      :math:`1 - \beta_1^t` (or applied NAdam's look-ahead).
+    corrected_nu: whether :func:`bias_correct` divided ``nu`` by
+      :math:`1 - \beta_2^t`.
 
   References:
     Kingma & Ba, 2015, Algorithm 1 (lines 7-10) and section 7.1.
@@ -54,12 +75,18 @@ class Moments:
   b1: chex.Numeric
   b2: chex.Numeric
   grad: chex.ArrayTree
+  dtypes: Any
   order: float = 2.0
+  corrected_mu: bool = False
+  corrected_nu: bool = False
 
 
-jax.tree_util.register_dataclass(
-  Moments, data_fields=["mu", "nu", "count", "b1", "b2", "grad"], meta_fields=["order"]
-)
+def _refuse_flattening(moments: Moments) -> Any:
+  del moments
+  raise TypeError(_NOT_A_PYTREE)
+
+
+jax.tree_util.register_pytree_node(Moments, _refuse_flattening, _refuse_flattening)
 
 
 class MomentsState(NamedTuple):
@@ -70,8 +97,8 @@ class MomentsState(NamedTuple):
 
   Attributes:
     count: the number of steps taken, int32, saturating at its maximum.
-    mu: the first moment, in its storage dtype.
-    nu: the second moment, in its storage dtype.
+    mu: the first moment, in its storage format.
+    nu: the second moment, in its storage format.
   """
 
   count: chex.Array
@@ -83,6 +110,7 @@ _SecondMoment = Callable[[chex.ArrayTree, chex.ArrayTree], chex.ArrayTree]
 
 
 def _moments_transformation(
+  *,
   piece: str,
   b1: chex.Numeric,
   b2: chex.Numeric,
@@ -94,10 +122,11 @@ def _moments_transformation(
   """The state handling shared by the pieces that emit :class:`Moments`."""
   _validate.check_decay("b1", b1)
   _validate.check_decay("b2", b2)
-  _validate.check_inexact_dtype("mu_dtype", mu_dtype)
-  _validate.check_inexact_dtype("nu_dtype", nu_dtype)
+  _validate.check_storage("mu_dtype", mu_dtype)
+  _validate.check_storage("nu_dtype", nu_dtype)
 
   def init_fn(params: optax.Params) -> MomentsState:
+    _validate.check_params(piece, params)
     mu = _precision.zeros(params, mu_dtype)
     nu = _precision.zeros(params, nu_dtype, real=True)
     _precision.warn_if_decay_vanishes("b1", b1, mu, what="a moment", fix="mu_dtype")
@@ -118,7 +147,16 @@ def _moments_transformation(
     mu = optax.tree.update_moment(grad, _precision.upcast(state.mu), b1, 1)
     nu = second_moment(grad, _precision.upcast(state.nu))
     count = optax.safe_increment(state.count)
-    moments = Moments(mu=mu, nu=nu, count=count, b1=b1, b2=b2, grad=updates, order=order)
+    moments = Moments(
+      mu=mu,
+      nu=nu,
+      count=count,
+      b1=b1,
+      b2=b2,
+      grad=grad,
+      dtypes=_precision.update_dtypes(updates, state.mu, state.nu),
+      order=order,
+    )
     # The emitted moments keep compute precision; only the state is rounded.
     new_state = MomentsState(
       count=count, mu=_precision.cast_like(mu, state.mu), nu=_precision.cast_like(nu, state.nu)
@@ -145,7 +183,9 @@ def scale_by_moments(
 
   with :math:`m_0 = v_0 = 0`. Emits :class:`Moments` (not param-shaped
   updates), so it is the first piece of a chain that ends with
-  :func:`normalize`. For complex gradients :math:`v_t` is real.
+  :func:`normalize`. For complex gradients :math:`v_t` is real. The storage
+  formats follow the dtype policy of :mod:`adam_optax._precision`: the
+  arithmetic is in at least float32, only the stored state is rounded.
 
   Examples:
     >>> import jax.numpy as jnp, optax, adam_optax as ao
@@ -161,9 +201,8 @@ def scale_by_moments(
     b2: decay rate :math:`\beta_2` of the second moment, ``0 <= b2 < 1``.
     mu_dtype: storage dtype of :math:`m_t`; ``None`` keeps the params' dtype.
     nu_dtype: storage dtype of :math:`v_t`; ``None`` keeps the params' (real)
-      dtype. Arithmetic is done in at least float32 whatever these are;
-      ``init`` warns when a dtype cannot hold one step of the average (e.g.
-      ``b2=0.999`` in bfloat16).
+      dtype. ``init`` warns when a dtype cannot hold one step of the average
+      (e.g. ``b2=0.999`` in bfloat16).
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is
@@ -173,19 +212,20 @@ def scale_by_moments(
     ValueError: at construction, for a concrete ``b1``/``b2`` outside
       ``[0, 1)`` or a non-inexact storage dtype; at update, for gradients
       whose tree or shapes do not match the state (naming the path).
-    TypeError: at update, for integer gradients or :class:`Moments` input.
+    TypeError: at init, for integer params (naming the path); at update, for
+      integer gradients or :class:`Moments` input.
 
   References:
     Kingma & Ba, 2015, Algorithm 1, lines 5, 7 and 8.
   """
   return _moments_transformation(
-    "ao.scale_by_moments",
-    b1,
-    b2,
-    lambda g, nu: optax.tree.update_moment_per_elem_norm(g, nu, b2, 2),
-    2.0,
-    mu_dtype,
-    nu_dtype,
+    piece="ao.scale_by_moments",
+    b1=b1,
+    b2=b2,
+    second_moment=lambda g, nu: optax.tree.update_moment_per_elem_norm(g, nu, b2, 2),
+    order=2.0,
+    mu_dtype=mu_dtype,
+    nu_dtype=nu_dtype,
   )
 
 
@@ -235,11 +275,11 @@ def scale_by_infinity_moments(
   """
   _validate.check_non_negative("eps", eps)
   return _moments_transformation(
-    "ao.scale_by_infinity_moments",
-    b1,
-    b2,
-    lambda g, nu: optax.tree.update_infinity_moment(g, nu, b2, eps),
-    math.inf,
-    mu_dtype,
-    nu_dtype,
+    piece="ao.scale_by_infinity_moments",
+    b1=b1,
+    b2=b2,
+    second_moment=lambda g, nu: optax.tree.update_infinity_moment(g, nu, b2, eps),
+    order=math.inf,
+    mu_dtype=mu_dtype,
+    nu_dtype=nu_dtype,
   )

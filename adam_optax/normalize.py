@@ -31,7 +31,10 @@ def normalize(
   finite when differentiating through the update (meta-learning). For AdaMax's
   infinity-norm moment (``order=inf``) the root is the identity.
 
-  The result is computed in at least float32 and cast to the gradient's dtype.
+  The result is computed in at least float32 and cast to the dtype optax's
+  arithmetic would give it, the promotion of the gradient's and the stored
+  moments' dtypes (:attr:`Moments.dtypes`): float32 params with bfloat16
+  gradients get float32 updates.
 
   Examples:
     >>> import jax.numpy as jnp, optax, adam_optax as ao
@@ -65,10 +68,10 @@ def normalize(
     moments = require_moments("ao.normalize", updates)
     root = jnp.sqrt if moments.order == 2 else (lambda x: x)
     direction = jax.tree.map(
-      lambda m, v, g: (m / (root(v + eps_root) + eps)).astype(jnp.result_type(g)),
+      lambda m, v, dtype: (m / (root(v + eps_root) + eps)).astype(dtype),
       moments.mu,
       moments.nu,
-      moments.grad,
+      moments.dtypes,
     )
     return direction, state
 

@@ -12,9 +12,8 @@ from typing import Any
 
 import chex
 import optax
-from jax.typing import DTypeLike
 
-from adam_optax import _validate
+from adam_optax import _precision, _validate
 from adam_optax.bias import bias_correct
 from adam_optax.diagnosis import diagnose
 from adam_optax.lr import scale_by_lr
@@ -23,18 +22,28 @@ from adam_optax.normalize import normalize
 from adam_optax.running_max import running_max
 
 
-def _direction(
+def _chain(
+  learning_rate: optax.ScalarOrSchedule,
+  moments: optax.GradientTransformation,
+  bias: optax.GradientTransformation,
+  *,
   eps: chex.Numeric,
   eps_root: chex.Numeric,
-  learning_rate: optax.ScalarOrSchedule,
   diagnostics: bool,
-  **bias_correction: bool,
-) -> optax.GradientTransformation:
-  """``normalize``, wrapped by ``diagnose`` when diagnostics are asked for."""
-  piece = normalize(eps, eps_root)
-  if not diagnostics:
-    return piece
-  return diagnose(piece, learning_rate=learning_rate, **bias_correction)
+  before_normalize: tuple[optax.GradientTransformation, ...] = (),
+  before_lr: tuple[optax.GradientTransformation, ...] = (),
+) -> optax.GradientTransformationExtraArgs:
+  """Algorithm 1's chain, with ``diagnose`` before ``normalize`` when asked for."""
+  watched = (diagnose(learning_rate, eps, eps_root),) if diagnostics else ()
+  return optax.chain(
+    moments,
+    bias,
+    *before_normalize,
+    *watched,
+    normalize(eps, eps_root),
+    *before_lr,
+    scale_by_lr(learning_rate),
+  )
 
 
 def adam(
@@ -43,10 +52,10 @@ def adam(
   b2: chex.Numeric = 0.999,
   eps: chex.Numeric = 1e-8,
   eps_root: chex.Numeric = 0.0,
+  mu_dtype: _precision.Storage | None = None,
   *,
-  mu_dtype: DTypeLike | None = None,
-  nu_dtype: DTypeLike | None = None,
   nesterov: bool = False,
+  nu_dtype: _precision.Storage | None = None,
   diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam: Algorithm 1 of the paper, as a chain of its four pieces.
@@ -59,8 +68,9 @@ def adam(
   Exactly ``optax.chain(scale_by_moments(b1, b2), bias_correct(),
   normalize(eps, eps_root), scale_by_lr(learning_rate))``; see
   :func:`scale_by_moments`, :func:`bias_correct`, :func:`normalize` and
-  :func:`scale_by_lr` for each line. Agrees with :func:`optax.adam` to the bit
-  in float32.
+  :func:`scale_by_lr` for each line. The positional parameters are
+  :func:`optax.adam`'s, in its order and with its defaults; the additions are
+  keyword-only. Agrees with :func:`optax.adam` to the bit in float32.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, adam_optax as ao
@@ -80,13 +90,14 @@ def adam(
     b2: :math:`\beta_2`, decay of the second moment.
     eps: :math:`\epsilon`, added to the denominator.
     eps_root: added inside the square root of the denominator.
-    mu_dtype: storage dtype of the first moment.
-    nu_dtype: storage dtype of the second moment.
+    mu_dtype: storage dtype of the first moment (default: the params').
     nesterov: use the Nesterov first moment (that is :func:`nadam`).
-    diagnostics: wrap :func:`normalize` in :func:`diagnose`, which records
-      the step, its bounds and the signal-to-noise ratio in the state every
-      step (read them with :func:`diagnostics`). ``False`` gives exactly the
-      chain above; ``True`` gives the same updates.
+    nu_dtype: storage dtype of the second moment (default: the params' real
+      dtype).
+    diagnostics: put :func:`diagnose` before :func:`normalize`, so that
+      :func:`diagnostics` can read the step, its bounds and the
+      signal-to-noise ratio from the state. It adds a few scalars to the
+      state; the updates are the same to the bit.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
@@ -95,11 +106,13 @@ def adam(
     Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,
     Algorithm 1.
   """
-  return optax.chain(
+  return _chain(
+    learning_rate,
     scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
     bias_correct(nesterov=nesterov),
-    _direction(eps, eps_root, learning_rate, diagnostics, nesterov=nesterov),
-    scale_by_lr(learning_rate),
+    eps=eps,
+    eps_root=eps_root,
+    diagnostics=diagnostics,
   )
 
 
@@ -109,12 +122,12 @@ def adamw(
   b2: chex.Numeric = 0.999,
   eps: chex.Numeric = 1e-8,
   eps_root: chex.Numeric = 0.0,
-  *,
+  mu_dtype: _precision.Storage | None = None,
   weight_decay: optax.ScalarOrSchedule = 1e-4,
   mask: Any | Callable[[optax.Params], Any] | None = None,
-  mu_dtype: DTypeLike | None = None,
-  nu_dtype: DTypeLike | None = None,
+  *,
   nesterov: bool = False,
+  nu_dtype: _precision.Storage | None = None,
   diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW: :func:`adam` with weight decay decoupled from the moments.
@@ -138,18 +151,18 @@ def adamw(
     Array([-0.2], dtype=float32)
 
   Args:
-    learning_rate: step size :math:`\alpha` (number or schedule).
+    learning_rate: see :func:`adam`.
     b1: see :func:`adam`.
     b2: see :func:`adam`.
     eps: see :func:`adam`.
     eps_root: see :func:`adam`.
+    mu_dtype: see :func:`adam`.
     weight_decay: :math:`\lambda` (number or schedule).
     mask: a tree of booleans like the params, or a function of the params
       returning one, selecting the leaves to decay (e.g. not biases).
-    mu_dtype: see :func:`adam`.
+    nesterov: see :func:`adam` (that is :func:`nadamw`).
     nu_dtype: see :func:`adam`.
-    nesterov: see :func:`adam`.
-    diagnostics: see :func:`adam`; the recorded step excludes the weight decay.
+    diagnostics: see :func:`adam`; the step it reads excludes the weight decay.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
@@ -158,12 +171,14 @@ def adamw(
     Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
   """
   _validate.check_finite("weight_decay", weight_decay)
-  return optax.chain(
+  return _chain(
+    learning_rate,
     scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
     bias_correct(nesterov=nesterov),
-    _direction(eps, eps_root, learning_rate, diagnostics, nesterov=nesterov),
-    optax.add_decayed_weights(weight_decay, mask),
-    scale_by_lr(learning_rate),
+    eps=eps,
+    eps_root=eps_root,
+    diagnostics=diagnostics,
+    before_lr=(optax.add_decayed_weights(weight_decay, mask),),
   )
 
 
@@ -173,14 +188,16 @@ def nadam(
   b2: chex.Numeric = 0.999,
   eps: chex.Numeric = 1e-8,
   eps_root: chex.Numeric = 0.0,
+  mu_dtype: _precision.Storage | None = None,
   *,
-  mu_dtype: DTypeLike | None = None,
-  nu_dtype: DTypeLike | None = None,
+  nesterov: bool = True,
+  nu_dtype: _precision.Storage | None = None,
   diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NAdam: :func:`adam` with the Nesterov first moment of :func:`bias_correct`.
 
-  Exactly ``adam(..., nesterov=True)``, as :func:`optax.nadam` is.
+  Exactly ``adam(..., nesterov=True)``, as :func:`optax.nadam` is (and, as
+  there, ``nesterov=False`` gives :func:`adam`).
 
   Examples:
     >>> import jax.numpy as jnp, adam_optax as ao
@@ -196,8 +213,9 @@ def nadam(
     eps: see :func:`adam`.
     eps_root: see :func:`adam`.
     mu_dtype: see :func:`adam`.
+    nesterov: see :func:`adam`.
     nu_dtype: see :func:`adam`.
-    diagnostics: see :func:`adam`.
+    diagnostics: see :func:`adam` and, for NAdam's step, :func:`diagnostics`.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
@@ -211,9 +229,67 @@ def nadam(
     b2,
     eps,
     eps_root,
-    mu_dtype=mu_dtype,
+    mu_dtype,
+    nesterov=nesterov,
     nu_dtype=nu_dtype,
-    nesterov=True,
+    diagnostics=diagnostics,
+  )
+
+
+def nadamw(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: chex.Numeric = 0.9,
+  b2: chex.Numeric = 0.999,
+  eps: chex.Numeric = 1e-8,
+  eps_root: chex.Numeric = 0.0,
+  mu_dtype: _precision.Storage | None = None,
+  weight_decay: optax.ScalarOrSchedule = 1e-4,
+  mask: Any | Callable[[optax.Params], Any] | None = None,
+  *,
+  nesterov: bool = True,
+  nu_dtype: _precision.Storage | None = None,
+  diagnostics: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  r"""NAdamW: :func:`adamw` with the Nesterov first moment, as :func:`optax.nadamw`.
+
+  Examples:
+    >>> import jax.numpy as jnp, adam_optax as ao
+    >>> tx = ao.nadamw(0.1, weight_decay=0.5)
+    >>> params = jnp.array([2.0])
+    >>> updates, _ = tx.update(jnp.array([1.0]), tx.init(params), params)
+    >>> updates  # -0.1 * (sign(g) + 0.5 * 2)
+    Array([-0.2], dtype=float32)
+
+  Args:
+    learning_rate: see :func:`adam`.
+    b1: see :func:`adam`.
+    b2: see :func:`adam`.
+    eps: see :func:`adam`.
+    eps_root: see :func:`adam`.
+    mu_dtype: see :func:`adam`.
+    weight_decay: see :func:`adamw`.
+    mask: see :func:`adamw`.
+    nesterov: see :func:`adam`.
+    nu_dtype: see :func:`adam`.
+    diagnostics: see :func:`nadam`.
+
+  Returns:
+    The chain, an :class:`optax.GradientTransformationExtraArgs`.
+
+  References:
+    Dozat, 2016; Loshchilov & Hutter, ICLR 2019.
+  """
+  return adamw(
+    learning_rate,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    mu_dtype,
+    weight_decay,
+    mask,
+    nesterov=nesterov,
+    nu_dtype=nu_dtype,
     diagnostics=diagnostics,
   )
 
@@ -259,11 +335,13 @@ def adamax(
   References:
     Kingma & Ba, 2015, section 7.1, Algorithm 2.
   """
-  return optax.chain(
+  return _chain(
+    learning_rate,
     scale_by_infinity_moments(b1, b2, eps),
     bias_correct(),
-    _direction(0.0, 0.0, learning_rate, diagnostics),
-    scale_by_lr(learning_rate),
+    eps=0.0,
+    eps_root=0.0,
+    diagnostics=diagnostics,
   )
 
 
@@ -273,11 +351,11 @@ def amsgrad(
   b2: chex.Numeric = 0.999,
   eps: chex.Numeric = 1e-8,
   eps_root: chex.Numeric = 0.0,
-  *,
-  mu_dtype: DTypeLike | None = None,
-  nu_dtype: DTypeLike | None = None,
+  mu_dtype: _precision.Storage | None = None,
   bias_correction_mu: bool = True,
   bias_correction_nu: bool = True,
+  *,
+  nu_dtype: _precision.Storage | None = None,
   diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AMSGrad: :func:`adam` with :func:`running_max` before :func:`normalize`.
@@ -303,10 +381,10 @@ def amsgrad(
     eps: see :func:`adam`.
     eps_root: see :func:`adam`.
     mu_dtype: see :func:`adam`.
-    nu_dtype: storage dtype of the second moment and of its maximum.
     bias_correction_mu: bias-correct the first moment.
     bias_correction_nu: bias-correct the second moment before the maximum
       (``False`` for both gives the original paper's AMSGrad).
+    nu_dtype: storage dtype of the second moment and of its maximum.
     diagnostics: see :func:`adam`.
 
   Returns:
@@ -315,17 +393,12 @@ def amsgrad(
   References:
     Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
   """
-  return optax.chain(
+  return _chain(
+    learning_rate,
     scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
     bias_correct(mu=bias_correction_mu, nu=bias_correction_nu),
-    running_max(nu_dtype=nu_dtype),
-    _direction(
-      eps,
-      eps_root,
-      learning_rate,
-      diagnostics,
-      mu=bias_correction_mu,
-      nu=bias_correction_nu,
-    ),
-    scale_by_lr(learning_rate),
+    eps=eps,
+    eps_root=eps_root,
+    diagnostics=diagnostics,
+    before_normalize=(running_max(nu_dtype=nu_dtype),),
   )

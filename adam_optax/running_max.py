@@ -57,7 +57,7 @@ def running_max(*, nu_dtype: DTypeLike | None = None) -> optax.GradientTransform
     Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018,
     Algorithm 2.
   """
-  _validate.check_inexact_dtype("nu_dtype", nu_dtype)
+  _validate.check_storage("nu_dtype", nu_dtype)
 
   def init_fn(params: optax.Params) -> RunningMaxState:
     return RunningMaxState(nu_max=_precision.zeros(params, nu_dtype, real=True))
@@ -69,6 +69,7 @@ def running_max(*, nu_dtype: DTypeLike | None = None) -> optax.GradientTransform
     moments = require_moments("ao.running_max", updates)
     nu_max = jax.tree.map(jnp.maximum, _precision.upcast(state.nu_max), moments.nu)
     new_state = RunningMaxState(nu_max=_precision.cast_like(nu_max, state.nu_max))
-    return dataclasses.replace(moments, nu=nu_max), new_state
+    dtypes = jax.tree.map(jnp.result_type, moments.dtypes, state.nu_max)
+    return dataclasses.replace(moments, nu=nu_max, dtypes=dtypes), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -85,6 +85,7 @@ def strict_bound(
   infinity_norm: chex.Array | bool = False,
   corrected_mu: chex.Array | bool = True,
   corrected_nu: chex.Array | bool = True,
+  complements: tuple[chex.Numeric, chex.Numeric] | None = None,
 ) -> chex.Array:
   r"""The bound on :math:`|\hat m_t| / \sqrt{\hat v_t}` that holds for every stream.
 
@@ -99,6 +100,9 @@ def strict_bound(
     corrected_mu: the first moment was divided by :math:`1 - \beta_1^t`.
     corrected_nu: the second moment was divided by :math:`1 - \beta_2^t`
       (ignored for AdaMax).
+    complements: :math:`(1 - \beta_1, 1 - \beta_2)` as the moments computed
+      them (for Python floats, in double precision before rounding), when
+      ``b1``, ``b2`` are their float32 roundings; default ``1 - b1``, ``1 - b2``.
 
   Returns:
     A float32 scalar, :math:`+\infty` when no bound exists (``b2 = 0 < b1``
@@ -107,25 +111,32 @@ def strict_bound(
   References:
     Kingma & Ba, 2015, section 2.1 (this module's docstring derives it).
   """
-  weight = jnp.where(corrected_mu, (1 - b1) / (1 - b1**count), 1 - b1)
+  first, root = complements or (1 - b1, 1 - b2)
+  weight = jnp.where(corrected_mu, first / (1 - b1**count), first)
   infinity = weight * geometric_sum(_ratio(b1, b2), count)
   second = jnp.where(corrected_nu, 1 - b2**count, 1.0)
   squared = weight**2 * geometric_sum(_ratio(b1**2, b2), count)
-  finite = jnp.sqrt(squared * second / (1 - b2))
+  finite = jnp.sqrt(squared * second / root)
   return jnp.where(infinity_norm, infinity, finite).astype(jnp.float32)
 
 
 def paper_bound(
-  b1: chex.Numeric, b2: chex.Numeric, *, infinity_norm: chex.Array | bool = False
+  b1: chex.Numeric,
+  b2: chex.Numeric,
+  *,
+  infinity_norm: chex.Array | bool = False,
+  complements: tuple[chex.Numeric, chex.Numeric] | None = None,
 ) -> chex.Array:
   r"""The paper's approximate bound on :math:`|\hat m_t| / \sqrt{\hat v_t}`.
 
   :math:`(1-\beta_1)/\sqrt{1-\beta_2}` when :math:`1-\beta_1 > \sqrt{1-\beta_2}`,
-  else 1; for AdaMax (``infinity_norm``) 1.
+  else 1; for AdaMax (``infinity_norm``) 1. ``complements`` as for
+  :func:`strict_bound`.
 
   References:
     Kingma & Ba, 2015, section 2.1 and section 7.1.
   """
-  first, root = jnp.asarray(1 - b1, jnp.float32), jnp.sqrt(jnp.asarray(1 - b2, jnp.float32))
+  first, second = complements or (1 - b1, 1 - b2)
+  first, root = jnp.asarray(first, jnp.float32), jnp.sqrt(jnp.asarray(second, jnp.float32))
   adam = jnp.where(first > root, first / root, 1.0)
   return jnp.where(infinity_norm, 1.0, adam).astype(jnp.float32)

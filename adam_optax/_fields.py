@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 Children = dict[Any, Any]
 
@@ -66,6 +67,10 @@ def sibling(parent: Children, fields: tuple[str, ...]) -> Children | None:
 
 
 def scalar(node: Any) -> jax.Array:
-  """The one array inside ``node`` (an array, or a variable wrapping one)."""
+  """The one array inside ``node`` (an array, or a variable wrapping one), as a JAX array.
+
+  A NumPy scalar from a restored checkpoint becomes a JAX array, so that the
+  reader's arithmetic is JAX's (NumPy would promote float32 to float64).
+  """
   (leaf,) = jax.tree.leaves(node)
-  return leaf
+  return jnp.asarray(leaf)

@@ -49,6 +49,16 @@ def stored_leaves(tree: chex.ArrayTree) -> list[chex.Array]:
   return [jnp.asarray(upcast(leaf)) for leaf in jax.tree.leaves(tree)]
 
 
+def read_back_error(tree: chex.ArrayTree) -> list[float]:
+  """Per leaf, the relative error of a moment read back from its storage.
+
+  0 for 32- and 64-bit storage (what is read is what the step used), half an
+  ulp of the storage dtype otherwise (the step used the unrounded value).
+  """
+  dtypes = [real_dtype(jnp.result_type(leaf)) for leaf in jax.tree.leaves(tree)]
+  return [0.0 if d.itemsize >= 4 else float(jnp.finfo(d).eps) / 2 for d in dtypes]
+
+
 def real_dtype(dtype: DTypeLike) -> np.dtype:
   """The real counterpart of a dtype (complex64 -> float32; float -> itself)."""
   return jnp.finfo(dtype).dtype

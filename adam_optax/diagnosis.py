@@ -59,6 +59,10 @@ class DiagnosticsState(NamedTuple):
     alpha: the step size :math:`\alpha_t` of the last step (a schedule's value).
     b1: :math:`\beta_1` as the moments used it.
     b2: :math:`\beta_2` as the moments used it.
+    one_minus_b1: :math:`1 - \beta_1` as the moments computed it (for a
+      Python float, in double precision and then rounded, which float32
+      ``1 - b1`` would not reproduce).
+    one_minus_b2: :math:`1 - \beta_2` likewise.
     eps: :math:`\epsilon` of :func:`normalize`.
     eps_root: :math:`\epsilon_{root}` of :func:`normalize`.
     corrected_mu: whether :math:`\hat m_t = m_t / (1 - \beta_1^t)`.
@@ -69,6 +73,8 @@ class DiagnosticsState(NamedTuple):
   alpha: chex.Array
   b1: chex.Array
   b2: chex.Array
+  one_minus_b1: chex.Array
+  one_minus_b2: chex.Array
   eps: chex.Array
   eps_root: chex.Array
   corrected_mu: chex.Array
@@ -94,7 +100,7 @@ def diagnose(
   :math:`\beta_2` (read from the moments), :math:`\epsilon`,
   :math:`\epsilon_{root}` (declared here: give the values given to
   :func:`normalize`) and how the moments were bias-corrected. Every
-  optimizer builds it for ``diagnostics=True``. It adds eight scalars to the
+  optimizer builds it for ``diagnostics=True``. It adds ten scalars to the
   state and no work on param-sized arrays to the step.
 
   Examples:
@@ -131,7 +137,7 @@ def diagnose(
   def init_fn(params: optax.Params) -> DiagnosticsState:
     del params
     zero, false = jnp.zeros([], jnp.float32), jnp.zeros([], bool)
-    return DiagnosticsState(zero, zero, zero, zero, zero, false, false, false)
+    return DiagnosticsState(zero, zero, zero, zero, zero, zero, zero, false, false, false)
 
   def update_fn(
     updates: Moments, state: DiagnosticsState, params: optax.Params | None = None
@@ -143,6 +149,8 @@ def diagnose(
       alpha=jnp.abs(_float(alpha)),
       b1=_float(moments.b1),
       b2=_float(moments.b2),
+      one_minus_b1=_float(1 - moments.b1),
+      one_minus_b2=_float(1 - moments.b2),
       eps=_float(eps),
       eps_root=_float(eps_root),
       corrected_mu=jnp.asarray(moments.corrected_mu),
@@ -160,6 +168,7 @@ def _read(
   get = {name: _fields.scalar(recorded[name]) for name in DiagnosticsState._fields}
   b1, b2, alpha, eps, eps_root = (get[k] for k in ("b1", "b2", "alpha", "eps", "eps_root"))
   infinity = get["infinity_norm"]
+  complements = (get["one_minus_b1"], get["one_minus_b2"])
   count = _fields.scalar(moments["count"])
   started = count > 0
   # The same expressions as optax.tree.bias_correction, so float32 readings are the step's.
@@ -174,7 +183,7 @@ def _read(
     jnp.abs(m) / (jnp.where(infinity, v, jnp.sqrt(v + eps_root)) + eps)
     for m, v in zip(mu_hat, nu_hat, strict=True)
   ]
-  paper = _bounds.paper_bound(b1, b2, infinity_norm=infinity)
+  paper = _bounds.paper_bound(b1, b2, infinity_norm=infinity, complements=complements)
   strict = _bounds.strict_bound(
     b1,
     b2,
@@ -182,14 +191,25 @@ def _read(
     infinity_norm=infinity,
     corrected_mu=get["corrected_mu"],
     corrected_nu=get["corrected_nu"],
+    complements=complements,
   )
+  # u_t read back from 16-bit moments is off by their rounding: half an ulp of m-hat and
+  # a quarter of v-hat (under the root). A coordinate is above a bound only past that.
+  slack = [
+    SLACK + m + v / 2
+    for m, v in zip(
+      _precision.read_back_error(moments["mu"]),
+      _precision.read_back_error(moments["nu"] if nu_max is None else nu_max["nu_max"]),
+      strict=True,
+    )
+  ]
   size = max(sum(s.size for s in snr), 1)
 
   def total(values: list[chex.Array]) -> chex.Array:
     return sum((jnp.sum(x, dtype=jnp.float32) for x in values), jnp.zeros([], jnp.float32))
 
   def share_above(bound: chex.Array) -> chex.Array:
-    return total([s > bound * (1 + SLACK) for s in snr]) / size
+    return total([s > bound * (1 + e) for s, e in zip(snr, slack, strict=True)]) / size
 
   snr_max = functools.reduce(jnp.maximum, [jnp.max(s, initial=0.0) for s in snr], jnp.zeros([]))
   snr_mean = total(snr) / size
@@ -235,7 +255,7 @@ def diagnostics(opt_state: optax.OptState) -> dict[str, chex.Array]:
 
     (``adam_optax._bounds`` derives it, and AdaMax's);
   * ``above_paper``, ``above_strict``: the fraction of coordinates above each
-    (by more than a relative 1e-5);
+    (by more than a relative 1e-5, plus the rounding of 16-bit storage);
   * ``snr_max``, ``snr_mean``: the signal-to-noise ratio :math:`|u_t|`;
   * ``bias_correction_mu``, ``bias_correction_nu``: :math:`1-\beta_1^t`,
     :math:`1-\beta_2^t` (1 when not corrected);

@@ -1,12 +1,12 @@
 """Precision: storage dtypes, arithmetic in at least float32, complex params, saturation.
 
-The dtype policy (docs/index.md, "Precise"): ``mu_dtype``/``nu_dtype`` set
-the storage dtype of the moments (by default the params' dtype, the real one
-for the second moment of complex params); arithmetic is at least float32, so low-precision params train
-stably and a float16 step with zero gradients is zero, not optax's NaN
-(optax#1754); ``init`` warns when a storage dtype cannot hold one step of a
-moving average; the updates take the dtype optax gives them (mixed
-precision); the step count saturates at the int32 maximum.
+The dtype policy (docs/index.md, "Precise"): ``mu_dtype``/``nu_dtype`` set the
+storage dtype of the moments (by default the params' dtype, the real one for
+the second moment of complex params); arithmetic is at least float32, so low-
+precision params train stably and a float16 step with zero gradients is zero,
+not optax's NaN (optax#1754); ``init`` warns when a storage dtype cannot hold
+one step of a moving average; the updates take the dtype optax gives them
+(mixed precision); the step count saturates at the int32 maximum.
 """
 
 from __future__ import annotations

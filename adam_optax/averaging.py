@@ -129,7 +129,7 @@ def averaged_params(opt_state: optax.OptState) -> optax.Params:
 
     averaged = averaged_params(nnx.state(optimizer))
     eval_model = nnx.clone(model)
-    nnx.update(eval_model, nnx.to_pure_dict(averaged))
+    nnx.update(eval_model, averaged)
 
   Args:
     opt_state: an optimizer state holding one :func:`average_params` state.

@@ -6,6 +6,7 @@ import re
 import warnings
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -182,8 +183,11 @@ def test_flax_nnx_model_evaluates_with_averaged_params(digits: Digits) -> None:
   for _ in range(15):
     train_step(model, optimizer, digits.x_train, digits.y_train)
   averaged = averaged_params(nnx.as_pure(optimizer.opt_state))
+  # Found by field name in nnx.state too, where the NamedTuples are mappings of variables.
+  from_state = averaged_params(nnx.state(optimizer))
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, from_state), averaged)
   eval_model = nnx.clone(model)
-  nnx.update(eval_model, averaged)
+  nnx.update(eval_model, from_state)
   kernel = nnx.as_pure(nnx.state(eval_model, nnx.Param))["hidden1"]["kernel"]
   np.testing.assert_array_equal(kernel, averaged["hidden1"]["kernel"])
   assert not np.array_equal(kernel, model.hidden1.kernel[...])  # the training model is untouched

@@ -3,7 +3,7 @@
 Under 64-bit JAX the optimizers run in float64; over a few hundred steps of a
 random gradient stream (magnitudes 1e-3..1e2, a tenth of it exact zeros) they
 must agree with the transcriptions in ``oracles.py`` and with
-``torch.optim.Adam`` to 1e-10 relative (DESIGN.md). The params start away from
+``torch.optim.Adam`` to 1e-10 relative (docs/index.md). The params start away from
 zero (|theta_0| in [2, 4], steps of at most ~1e-2), so the elementwise
 relative error of the params is well defined; the first moment crosses zero
 and is compared relative to its largest magnitude. Run with ``-s`` to see the

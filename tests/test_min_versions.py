@@ -7,6 +7,9 @@ nothing but those, pytest and the package, and needs no conftest fixture. In
 the main suite it runs on the current versions like any other test.
 """
 
+import pathlib
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +21,7 @@ from adam_optax.flat import flat_train_step, flatten_params
 
 pytestmark = pytest.mark.min_versions
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 OPTIMIZERS = ["adam", "adamw", "nadam", "adamax", "amsgrad"]
 STEPS = 20
 
@@ -62,3 +66,13 @@ def test_flat_train_step_steps_like_the_tree():
   want = _train(tx, _params())
   for a, b in zip(jax.tree.leaves(flat.tree()), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_getting_started_states_the_declared_minimum_versions():
+  tomllib = pytest.importorskip("tomllib")
+  dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+  bounds = dict(re.fullmatch(r"([\w.-]+)>=([\w.]+)", d).groups() for d in dependencies)
+  assert set(bounds) == {"jax", "optax", "chex", "numpy"}
+  page = " ".join((ROOT / "docs" / "getting_started.md").read_text().split())
+  stated = "JAX {jax}, optax {optax}, chex {chex} and NumPy {numpy} or newer".format(**bounds)
+  assert stated in page

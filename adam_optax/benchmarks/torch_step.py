@@ -23,14 +23,14 @@ def unavailable(platform: str) -> str | None:
   PyTorch runs here on the CPU and on CUDA GPUs; on other platforms (a TPU) the
   benchmark would time it on another device than the JAX methods.
   """
+  if platform not in ("cpu", "gpu"):
+    return f"PyTorch has no {platform} backend here (it would run on another device)"
   try:
     import torch
   except ImportError as error:
     return f"PyTorch is not installed ({error})"
   if platform == "gpu" and not torch.cuda.is_available():
     return f"this PyTorch {torch.__version__} has no CUDA device"
-  if platform not in ("cpu", "gpu"):
-    return f"PyTorch has no {platform} backend here (it would run on another device)"
   return None
 
 

@@ -12,11 +12,12 @@ gradients made inside the step), the fraction of roofline (at the best copy
 bandwidth measured before each tree), the peak memory, the compile time and
 the speed-up over optax.adam, as a table and optionally as JSON and a plot.
 The methods of a tree are timed round-robin under the same load, and ratios
-are medians of per-round ratios (:mod:`adam_optax.benchmarks.rounds`); the
-rows with ``diagnostics=True`` also report their overhead over the same
-method without.
-On a GPU the trees have their full size; on CPU they are scaled down (the
-GPT-2 tree 8x in width, the single leaf to 16M parameters).
+are medians of per-round ratios (:mod:`adam_optax.benchmarks.rounds`); a
+last table gives, per tree, the time of each row with ``diagnostics=True``
+over the same method without (the design's budget: 1.02x).
+On an accelerator (GPU, TPU) the trees have their full size; on CPU they are
+scaled down (the GPT-2 tree 8x in width, the single leaf to 16M parameters).
+While it runs, one line per compiled method and per round goes to stderr.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ import argparse
 import json
 import math
 import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -57,21 +62,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--plot", metavar="PATH", help="write a PNG plot of the report")
 
 
-def _platform() -> str:
-  return "gpu" if jax.devices()[0].platform == "gpu" else "cpu"
+def progress_printer(start: float) -> Callable[[str], None]:
+  """A function that prints ``message`` to stderr after the minutes and seconds since ``start``."""
+
+  def say(message: str) -> None:
+    minutes, seconds = divmod(int(time.perf_counter() - start), 60)
+    print(f"[bench {minutes:02d}:{seconds:02d}] {message}", file=sys.stderr, flush=True)
+
+  return say
+
+
+def tree_scale(platform: str, quick: bool) -> str:
+  """The scale of the trees (:func:`~adam_optax.benchmarks.trees.tree_specs`) on ``platform``.
+
+  ``quick`` for ``--quick``; else full size on accelerators, scaled down on CPU.
+  """
+  if quick:
+    return "quick"
+  return "cpu" if platform == "cpu" else "full"
 
 
 def _measure_tree(
-  spec: TreeSpec, platform: str, with_torch: bool, n_rounds: int, repeats: int, scan_steps: int
+  spec: TreeSpec,
+  platform: str,
+  with_torch: bool,
+  n_rounds: int,
+  repeats: int,
+  scan_steps: int,
+  say: Callable[[str], None],
 ) -> list[rounds.Measurement]:
   """Compiles every method on ``spec`` and times them round-robin (then frees them)."""
-  contenders = [
-    jax_steps.prepare(name, method, spec, scan_steps)
-    for name, method in jax_steps.methods(spec).items()
-  ]
+  contenders = []
+  for name, method in jax_steps.methods(spec).items():
+    say(f"{spec.name}: compiling {name}")
+    contenders.append(jax_steps.prepare(name, method, spec, scan_steps))
   if with_torch:
+    say(f"{spec.name}: preparing torch.optim.Adam")
     contenders.append(torch_step.prepare(spec, platform, scan_steps))
-  return rounds.measure(contenders, n_rounds, repeats, scan_steps)
+
+  def on_round(kind: str, r: int) -> None:
+    say(f"{spec.name}: timing {kind}, round {r + 1}/{n_rounds}")
+
+  return rounds.measure(contenders, n_rounds, repeats, scan_steps, on_round)
+
+
+def _tree_report(
+  spec: TreeSpec, results: list[rounds.Measurement], bandwidth: float
+) -> dict[str, Any]:
+  """One tree's part of the report: the tree, and a row of figures per method."""
+  by_name = {r.method: r for r in results}
+  baseline = by_name[report.BASELINE]
+  return {
+    "name": spec.name,
+    "params": spec.size,
+    "leaves": len(spec.shapes),
+    "param_dtype": spec.dtype.name,
+    "moment_dtype": spec.moment_dtype.name,
+    "left_out": jax_steps.left_out(spec),
+    "results": [
+      report.row(r, bandwidth, baseline, by_name.get(jax_steps.OVERHEAD_REFERENCE.get(r.method)))
+      for r in results
+    ],
+  }
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -82,44 +134,34 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   scan_steps = args.scan_steps if args.scan_steps is not None else (2 if args.quick else 10)
   if n_rounds < 1 or repeats < 1 or scan_steps < 1:
     parser.error("--rounds, --repeats and --scan-steps must be at least 1")
-  platform = _platform()
-  scale = "quick" if args.quick else ("full" if platform == "gpu" else "cpu")
+  say = progress_printer(time.perf_counter())
+  device = jax.devices()[0]
+  platform = device.platform
+  scale = tree_scale(platform, args.quick)
   specs = tree_specs(scale)
-  with_torch = not args.no_torch and torch_step.available(platform)
+  say(f"{platform} ({report.device_kind(device)}), {scale} trees: {', '.join(args.trees)}")
+  torch_skipped = "--no-torch" if args.no_torch else torch_step.unavailable(platform)
+  if torch_skipped is not None:
+    say(f"torch.optim.Adam skipped: {torch_skipped}")
   biggest = max(spec.size for spec in specs.values())
   bandwidths = []  # measured before each tree; other load only lowers it, so take the best
   measured = []
-  for tree_name in args.trees:
+  for index, tree_name in enumerate(args.trees):
     spec = specs[tree_name]
+    say(f"tree {index + 1}/{len(args.trees)} {tree_name}: measuring the copy bandwidth")
     bandwidths.append(timing.copy_bandwidth(max(4 * biggest, 1 << 20), max(3 * repeats, 5)))
-    measured.append(
-      (spec, _measure_tree(spec, platform, with_torch, n_rounds, repeats, scan_steps))
+    results = _measure_tree(
+      spec, platform, torch_skipped is None, n_rounds, repeats, scan_steps, say
     )
+    measured.append((spec, results))
   bandwidth = max(bandwidths)
-  trees = []
-  for spec, results in measured:
-    by_name = {r.method: r for r in results}
-    baseline = by_name[report.BASELINE]
-    trees.append(
-      {
-        "name": spec.name,
-        "params": spec.size,
-        "leaves": len(spec.shapes),
-        "param_dtype": spec.dtype.name,
-        "moment_dtype": spec.moment_dtype.name,
-        "left_out": jax_steps.left_out(spec),
-        "results": [
-          report.row(
-            r, bandwidth, baseline, by_name.get(jax_steps.OVERHEAD_REFERENCE.get(r.method))
-          )
-          for r in results
-        ],
-      }
-    )
   memory_source = (
     "XLA memory_analysis of the compiled step (arguments + outputs not aliased + temporaries)"
-    + ("; torch: cuda max_memory_allocated" if platform == "gpu" else "; torch: tensor bytes")
   )
+  if torch_skipped is None:
+    memory_source += "; torch: " + (
+      "cuda max_memory_allocated" if platform == "gpu" else "tensor bytes"
+    )
   result = {
     "schema": report.SCHEMA,
     "context": report.context(platform, load_at_start),
@@ -130,10 +172,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     "copy_bandwidth_GBps": bandwidth / 1e9,
     "copy_bandwidth_samples_GBps": [b / 1e9 for b in bandwidths],
     "memory_source": memory_source,
-    "trees": trees,
+    "torch_skipped": torch_skipped,
+    "trees": [_tree_report(spec, results, bandwidth) for spec, results in measured],
   }
-  if platform == "gpu":
-    stats = jax.devices()[0].memory_stats() or {}
+  if platform != "cpu":
+    stats = device.memory_stats() or {}
     result["device_peak_bytes_in_use"] = stats.get("peak_bytes_in_use")
   print(report.table(result))
   if args.json:

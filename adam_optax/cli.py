@@ -4,6 +4,8 @@ Each subcommand lives in its own module, which provides ``add_arguments(parser)`
 and ``run(args, parser) -> int``; this file only dispatches, importing the module
 of the chosen subcommand alone so that ``adam-optax --help`` stays instant.
 A subcommand reports bad flags with ``parser.error`` (one line, exit code 2).
+Help texts are plain text (no reStructuredText markup): ``--help`` prints them as
+they are.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+_DESCRIPTION = "The adam-optax command: compare (the paper's experiments) and bench."
 _SUBCOMMANDS = {
   "compare": (
     "adam_optax.experiments.compare",
@@ -22,10 +26,28 @@ _SUBCOMMANDS = {
 }
 
 
+class _Version(argparse.Action):
+  """``--version``: prints ``adam-optax <adam_optax.__version__>`` and exits.
+
+  The package (and with it JAX) is imported only when the flag is given, so
+  that ``--help`` stays instant.
+  """
+
+  def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+    super().__init__(option_strings, dest, nargs=0, help="print the version and exit", **kwargs)
+
+  def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+    from adam_optax import __version__
+
+    print(f"{parser.prog} {__version__}")
+    parser.exit()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs ``adam-optax``; returns the exit code (2 for bad flags)."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  parser = argparse.ArgumentParser(prog="adam-optax", description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="adam-optax", description=_DESCRIPTION)
+  parser.add_argument("--version", action=_Version)
   subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   chosen = next((a for a in argv if a in _SUBCOMMANDS), None)
   parsers = {}

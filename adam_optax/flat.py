@@ -9,9 +9,9 @@ parameters in a :class:`FlatParams` (one 1-D buffer per dtype) removes both:
 buffer is a pytree), the model sees :meth:`FlatParams.tree`, a view made by
 static slicing inside the jitted step, and the gradient of a loss of that view
 comes out flat. :func:`update_and_apply` runs the update and
-:func:`optax.apply_updates` (on CPU, optionally as one pass over memory), and
-:func:`flat_train_step` puts it together into a jitted step that donates its
-buffers, so that it needs params + grads + state and no further full-size copy.
+:func:`optax.apply_updates`, and :func:`flat_train_step` puts it together into
+a jitted step that donates its buffers, so that it needs params + grads +
+state and no further full-size copy.
 """
 
 from __future__ import annotations
@@ -21,13 +21,10 @@ from typing import Any
 
 import jax
 import optax
-from jax import lax
 
-from adam_optax import _chunked
 from adam_optax._flat_buffers import FlatParams, Layout, flatten_params
 
 __all__ = [
-  "CHUNK_SIZE",
   "FlatParams",
   "Layout",
   "flat_train_step",
@@ -35,41 +32,24 @@ __all__ = [
   "update_and_apply",
 ]
 
-#: A chunk size for the opt-in one-pass update on CPU (see :func:`update_and_apply`):
-#: a chunk of p, g, m and v (512 KiB in float32) stays in a core's L2 cache.
-CHUNK_SIZE = 1 << 15
-
 
 def update_and_apply(
   tx: optax.GradientTransformation,
   grads: optax.Updates,
   opt_state: optax.OptState,
   params: optax.Params,
-  *,
-  chunk_size: int | None = None,
-  after: Any = (),
   **extra_args: Any,
 ) -> tuple[optax.Params, optax.OptState]:
-  r"""``tx.update`` followed by :func:`optax.apply_updates`, optionally in one pass.
+  r"""``tx.update`` followed by :func:`optax.apply_updates`.
 
   .. math::
 
     (u_t, s_t) = \mathrm{tx.update}(g_t, s_{t-1}, \theta_{t-1}), \qquad
     \theta_t = \theta_{t-1} + u_t
 
-  By default exactly the two calls. With ``chunk_size`` (e.g.
-  :data:`CHUNK_SIZE`), on CPU, when the params are a few long 1-D buffers of
-  32- or 64-bit floats (a :class:`FlatParams`) and the step is elementwise
-  (proved on its jaxpr: :func:`ao.adam <adam_optax.adam>` and its siblings,
-  schedules, :func:`optax.inject_hyperparams`, weight decay), it runs them
-  chunk by chunk in one loop, so that each byte of :math:`p, g, m, v` is read
-  and written once where XLA:CPU makes three passes (40 bytes a float32
-  parameter instead of 28). The loop runs on one core: measured on 2 cores,
-  it is up to 1.4x faster when other processes load the CPU and no faster
-  when it is idle, so it is an opt-in (see docs/benchmarks.md). Other steps
-  (``clip_by_global_norm``, ``apply_if_finite``), trees of many leaves, 16-bit
-  buffers (XLA:CPU computes them in float32) and other platforms (where XLA
-  fuses the step into one kernel) run the two calls.
+  Exactly these two calls, for writing a jitted step of one's own
+  (:func:`flat_train_step` is one); on a :class:`FlatParams` both see one
+  leaf per dtype.
 
   Examples:
     >>> import jax.numpy as jnp, adam_optax as ao
@@ -85,13 +65,6 @@ def update_and_apply(
     grads: the gradients, like ``params``.
     opt_state: the state of ``tx``.
     params: the parameters.
-    chunk_size: elements per chunk of the one-pass loop on CPU; ``None``
-      (the default) runs the two calls. Leave it ``None`` for buffers
-      sharded over several CPU devices.
-    after: values computed from the old params that the caller keeps (the
-      loss, metrics). On CPU the loop starts once they are computed, so they
-      read the params before these are overwritten in place instead of from
-      a full-size copy. They are not returned: use the ones you passed.
     **extra_args: passed on to ``tx.update``.
 
   Returns:
@@ -100,19 +73,8 @@ def update_and_apply(
   References:
     Kingma & Ba, 2015, Algorithm 1, lines 7-12.
   """
-
-  def step(params: Any, grads: Any, opt_state: Any) -> tuple[Any, Any]:
-    updates, opt_state = tx.update(grads, opt_state, params, **extra_args)
-    return optax.apply_updates(params, updates), opt_state
-
-  loop = None
-  if chunk_size is not None:
-    loop = _chunked.elementwise_loop(step, params, grads, opt_state, chunk_size)
-  if loop is None:
-    return step(params, grads, opt_state)
-  return lax.platform_dependent(
-    params, grads, opt_state, cpu=lambda *args: loop(*args, after=after), default=step
-  )
+  updates, opt_state = tx.update(grads, opt_state, params, **extra_args)
+  return optax.apply_updates(params, updates), opt_state
 
 
 def flat_train_step(
@@ -120,7 +82,6 @@ def flat_train_step(
   tx: optax.GradientTransformation,
   *,
   has_aux: bool = False,
-  chunk_size: int | None = None,
 ) -> Callable[..., tuple[FlatParams, optax.OptState, Any]]:
   r"""A jitted training step that keeps the parameters flat and donates them.
 
@@ -150,7 +111,6 @@ def flat_train_step(
     loss_fn: ``loss_fn(params_tree, *args) -> loss`` (or ``(loss, aux)``).
     tx: any gradient transformation, e.g. :func:`ao.adam <adam_optax.adam>`.
     has_aux: ``loss_fn`` returns ``(loss, aux)``.
-    chunk_size: see :func:`update_and_apply`.
 
   Returns:
     ``step(flat_params, opt_state, *args) -> (flat_params, opt_state, loss)``
@@ -162,9 +122,7 @@ def flat_train_step(
 
   def step(flat: FlatParams, opt_state: optax.OptState, *args: Any) -> tuple[Any, Any, Any]:
     value, grads = jax.value_and_grad(lambda f: loss_fn(f.tree(), *args), has_aux=has_aux)(flat)
-    flat, opt_state = update_and_apply(
-      tx, grads, opt_state, flat, chunk_size=chunk_size, after=value
-    )
+    flat, opt_state = update_and_apply(tx, grads, opt_state, flat)
     return flat, opt_state, value
 
   return jax.jit(step, donate_argnums=(0, 1))

@@ -4,10 +4,16 @@ Build with warnings as errors::
 
   pip install -e ".[docs]" && sphinx-build -W -b html docs docs/_build/html
 
-Two things happen at build time, so that the site cannot go stale:
+Three things happen at build time, so that the site cannot go stale:
 
 * the figures of the theory pages are drawn by ``docs/make_figures.py`` with the
   library's own transformations (``builder-inited``);
+* the notebooks (``docs/notebooks`` is a link to ``notebooks/``) are executed by
+  myst-nb, with this checkout's package on the kernel's ``PYTHONPATH``, and shown
+  with their outputs. Their outputs are cached (in ``docs/_build/.jupyter_cache``
+  for the command above), so a rebuild runs only the notebooks that changed; a
+  notebook that fails is an error. ``-D nb_execution_mode=off`` builds without
+  running them (the tests do: the test suite runs them with nbmake);
 * the API reference in ``api.md`` is generated from ``adam_optax.__all__``: one
   ``autofunction``/``autoclass`` per public name, grouped by the module that
   defines it, so a name added to ``__all__`` later appears without editing
@@ -19,12 +25,17 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pathlib
 import re
 import sys
 
 DOCS = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))  # the package, when it is not installed
+# The notebooks' kernels import the same package as this build.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+  filter(None, [str(DOCS.parent), os.environ.get("PYTHONPATH")])
+)
 sys.path.insert(0, str(DOCS))  # make_figures
 
 import make_figures  # noqa: E402
@@ -39,16 +50,20 @@ release = adam_optax.__version__
 version = release
 
 extensions = [
-  "myst_parser",
+  "myst_nb",
   "sphinx.ext.autodoc",
   "sphinx.ext.napoleon",
   "sphinx.ext.mathjax",
 ]
-source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**/.ipynb_checkpoints"]
 
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
+
+nb_execution_mode = "cache"
+nb_execution_timeout = 600  # seconds per cell; the longest notebook takes under a minute
+nb_execution_raise_on_error = True
 
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False

@@ -12,7 +12,6 @@ import optax
 import pytest
 
 import adam_optax as ao
-from adam_optax import _chunked
 from adam_optax.flat import FlatParams, flat_train_step, flatten_params, update_and_apply
 
 STEPS = 200
@@ -31,7 +30,7 @@ def _tree(kind: str) -> dict:
     return {"w": normal((33, 9)), "emb": normal((50, 4), jnp.bfloat16), "b": normal((9,))}
   if kind == "bf16":
     return {"w": normal((64, 31), jnp.bfloat16), "b": normal((31,), jnp.bfloat16)}
-  return {"w": normal((10007,))}  # "long": one leaf, whose last chunk overlaps
+  return {"w": normal((10007,))}  # "long": one long leaf
 
 
 def _ulps(a: jax.Array, b: jax.Array, *operands: jax.Array) -> jax.Array:
@@ -66,7 +65,7 @@ def _gradients(params):
   return jax.tree.map(leaf, params)
 
 
-def _per_step_ulp(tx, params, chunk_size):
+def _per_step_ulp(tx, params):
   """Runs STEPS tree steps; at each, also the flat step from the same params, grads
   and state; returns the largest distance of params, mu and nu per step, in ulp."""
   treedef = jax.tree.structure(params)
@@ -88,7 +87,7 @@ def _per_step_ulp(tx, params, chunk_size):
   def body(carry, grads):
     (p, s), flat_grads = carry, flatten_params(grads)
     want = tree_step(p, grads, s)
-    got = update_and_apply(tx, flat_grads, to_flat(s), flatten_params(p), chunk_size=chunk_size)
+    got = update_and_apply(tx, flat_grads, to_flat(s), flatten_params(p))
     lr = jnp.float32(LEARNING_RATE)  # Adam's step is about lr: the scale of a param's change
     leaves = zip(*map(jax.tree.leaves, (got[0].tree(), want[0], p)), strict=True)
     ulps = [_ulps(a, b, old, lr) for a, b, old in leaves]
@@ -113,81 +112,47 @@ OPTIMIZERS = {
 
 
 @pytest.mark.parametrize(
-  ("kind", "optimizer", "chunk_size"),
+  ("kind", "optimizer"),
   [
-    ("f32", "adam", 64),
-    ("mixed", "adam-f32-moments", 64),
-    ("bf16", "adam-f32-moments", 100),
-    ("long", "adam", 1000),
-    ("long", "schedule", 1000),
-    ("long", "adamw", 1000),
-    ("long", "amsgrad", 1000),
-    ("long", "clip-chain", 1000),
-    ("mixed", "adam-f32-moments", None),
+    ("f32", "adam"),
+    ("mixed", "adam-f32-moments"),
+    ("bf16", "adam-f32-moments"),
+    ("long", "adam"),
+    ("long", "schedule"),
+    ("long", "adamw"),
+    ("long", "amsgrad"),
+    ("long", "clip-chain"),
   ],
 )
-def test_every_flat_step_is_within_4_ulp_of_tree_adam(kind, optimizer, chunk_size):
-  ulps = _per_step_ulp(OPTIMIZERS[optimizer](), _tree(kind), chunk_size)
+def test_every_flat_step_is_within_4_ulp_of_tree_adam(kind, optimizer):
+  ulps = _per_step_ulp(OPTIMIZERS[optimizer](), _tree(kind))
   assert ulps.shape == (STEPS,)
   assert ulps.max() <= 4, ulps
 
 
-def test_one_pass_loop_is_bit_identical_to_the_two_calls():
+def test_update_and_apply_is_update_then_apply_updates():
   tx = ao.adam(1e-3)
   params, grads = jnp.linspace(-1.0, 1.0, 10007), jnp.sin(jnp.arange(10007.0))
   state = tx.init(params)
-  run = jax.jit(update_and_apply, static_argnums=0, static_argnames="chunk_size")
-  looped = run(tx, grads, state, params, chunk_size=999)
-  whole = run(tx, grads, state, params, chunk_size=None)
-  for a, b in zip(jax.tree.leaves(looped), jax.tree.leaves(whole), strict=True):
+  got = update_and_apply(tx, grads, state, params)
+  updates, want_state = tx.update(grads, state, params)
+  want = (optax.apply_updates(params, updates), want_state)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_array_equal(a, b)
-
-
-def _is_looped(tx, params, chunk_size=100):
-  def step(p, g, s):
-    u, s = tx.update(g, s, p)
-    return optax.apply_updates(p, u), s
-
-  return _chunked.elementwise_loop(step, params, params, tx.init(params), chunk_size) is not None
-
-
-def _add_position(scale):
-  """A transformation whose update depends on the position: chunking would break it."""
-  return optax.GradientTransformation(
-    optax.init_empty_state, lambda u, s, p=None: (u + scale * jnp.arange(u.shape[0]), s)
-  )
-
-
-def test_only_elementwise_steps_run_in_chunks():
-  flat = jnp.zeros(1000)
-  assert _is_looped(ao.adam(1e-3), flat)
-  assert _is_looped(ao.adam(optax.linear_schedule(1e-3, 0.0, 10)), flat)
-  assert _is_looped(optax.inject_hyperparams(ao.adam)(learning_rate=1e-3), flat)
-  assert _is_looped(ao.amsgrad(1e-3), flat)
-  assert _is_looped(ao.adamax(1e-3), flat)
-  # Reductions, position-dependent values, control flow and small or many leaves run whole.
-  assert not _is_looped(optax.chain(optax.clip_by_global_norm(1.0), ao.adam(1e-3)), flat)
-  assert not _is_looped(optax.apply_if_finite(ao.adam(1e-3), 3), flat)
-  assert not _is_looped(optax.chain(ao.adam(1e-3), _add_position(1.0)), flat)
-  assert not _is_looped(ao.adam(1e-3), jnp.zeros(100))
-  f32_moments = {"mu_dtype": jnp.float32, "nu_dtype": jnp.float32}
-  assert not _is_looped(ao.adam(1e-3, **f32_moments), jnp.zeros(1000, jnp.bfloat16))
-  assert not _is_looped(ao.adam(1e-3), {f"w{i}": jnp.zeros(1000) for i in range(20)})
 
 
 def test_inject_hyperparams_changes_the_learning_rate_between_steps():
   tx = optax.inject_hyperparams(ao.adam)(learning_rate=1e-2)
   tree = _tree("long")
   flat = flatten_params(tree)
-  step = jax.jit(lambda p, g, s: update_and_apply(tx, g, s, p, chunk_size=1000))
-  tree_step = jax.jit(lambda p, g, s: update_and_apply(tx, g, s, p, chunk_size=None))
+  step = jax.jit(lambda p, g, s: update_and_apply(tx, g, s, p))
   tree_state, flat_state = tx.init(tree), tx.init(flat)
   for lr in (1e-2, 0.0, 3e-2):
     tree_state.hyperparams["learning_rate"] = jnp.asarray(lr)
     flat_state.hyperparams["learning_rate"] = jnp.asarray(lr)
     before = flat.tree()["w"]
     grads = jax.grad(_loss)(tree)
-    tree, tree_state = tree_step(tree, grads, tree_state)
+    tree, tree_state = step(tree, grads, tree_state)
     flat, flat_state = step(flat, flatten_params(grads), flat_state)
     assert _ulps(flat.tree()["w"], tree["w"], before) <= 4
     assert (lr == 0.0) == bool(jnp.all(flat.tree()["w"] == before))
@@ -258,14 +223,11 @@ def _full_size_copies(compiled) -> int:
   )
 
 
-def test_one_pass_step_needs_no_full_size_copy():
+def test_donated_step_needs_no_full_size_copy():
   tx = ao.adam(1e-3)
   params = jnp.zeros(SIZE)
-  step = jax.jit(
-    lambda p, g, s: update_and_apply(tx, g, s, p, chunk_size=SIZE // 16), donate_argnums=(0, 2)
-  )
+  step = jax.jit(lambda p, g, s: update_and_apply(tx, g, s, p), donate_argnums=(0, 2))
   compiled = step.lower(params, params, tx.init(params)).compile()
-  assert "while" in compiled.as_text()
   assert _full_size_copies(compiled) == 0
   stats = compiled.memory_analysis()
   assert stats.alias_size_in_bytes >= 3 * 4 * SIZE  # p, m, v updated in place
@@ -275,11 +237,13 @@ def test_one_pass_step_needs_no_full_size_copy():
 def test_train_step_needs_params_grads_and_state_only():
   tx = ao.adam(1e-3)
   flat = flatten_params({"w": jnp.zeros(SIZE)})
-  step = flat_train_step(lambda p: jnp.sum(p["w"] ** 2), tx, chunk_size=SIZE // 16)
+  step = flat_train_step(lambda p: jnp.sum(p["w"] ** 2), tx)
   compiled = step.lower(flat, tx.init(flat)).compile()
-  assert _full_size_copies(compiled) == 0
-  # The only full-size temporary is the gradient.
-  assert compiled.memory_analysis().temp_size_in_bytes < 4 * SIZE + 4096
+  stats = compiled.memory_analysis()
+  assert stats.alias_size_in_bytes >= 3 * 4 * SIZE  # p, m, v updated in place
+  # One full-size temporary, the gradient's worth (XLA:CPU may schedule it as a copy
+  # of the params from which the gradient is computed).
+  assert stats.temp_size_in_bytes < 4 * SIZE + 4096
 
 
 def test_errors_are_clear():
@@ -303,22 +267,21 @@ SHARDED = textwrap.dedent(
   tree = {"w": jnp.linspace(-1, 1, 3000).reshape(3, 1000), "b": jnp.linspace(0, 1, 37)}
   loss = lambda p: jnp.sum(jnp.sin(p["w"])) + jnp.sum(p["b"] ** 2)
   tx = ao.adam(1e-2)
-  def train(shard, chunk_size):
+  def train(shard):
     flat = flatten_params(tree, multiple_of=8)
     if shard:
       mesh = Mesh(np.array(jax.devices()), ("d",))
       flat = jax.device_put(flat, NamedSharding(mesh, P("d")))
-    step = flat_train_step(loss, tx, chunk_size=chunk_size)
+    step = flat_train_step(loss, tx)
     state = tx.init(flat)
     for _ in range(5):
       flat, state, _ = step(flat, state)
     return flat, state
-  want, _ = train(False, None)
-  for chunk_size in (None, 256):
-    got, state = train(True, chunk_size)
-    assert len(got.buffers[0].sharding.device_set) == 8, got.buffers[0].sharding
-    assert len(state[0].mu.buffers[0].sharding.device_set) == 8
-    np.testing.assert_allclose(got.buffers[0], want.buffers[0], rtol=0, atol=1e-6)
+  want, _ = train(False)
+  got, state = train(True)
+  assert len(got.buffers[0].sharding.device_set) == 8, got.buffers[0].sharding
+  assert len(state[0].mu.buffers[0].sharding.device_set) == 8
+  np.testing.assert_allclose(got.buffers[0], want.buffers[0], rtol=0, atol=1e-6)
   print("ok")
   """
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,7 @@ import adam_optax as ao
 from adam_optax.benchmarks import timing
 from adam_optax.benchmarks.rounds import Contender
 from adam_optax.benchmarks.trees import TreeSpec, arrays
-from adam_optax.flat import CHUNK_SIZE, flat_train_step, flatten_params, update_and_apply
+from adam_optax.flat import flat_train_step, flatten_params, update_and_apply
 
 LEARNING_RATE = 1e-3
 # The diagnostics rows, and the row each one's overhead is measured against.
@@ -39,29 +39,39 @@ OVERHEAD_REFERENCE = {
 DIAGNOSED_LEAVES_MAX = 500
 
 
+class Method(NamedTuple):
+  """A JAX method the benchmark times.
+
+  Attributes:
+    transformation: the optimizer.
+    flat: whether params, grads and state are kept flat (:mod:`adam_optax.flat`).
+  """
+
+  transformation: optax.GradientTransformation
+  flat: bool
+
+
 def _nbytes(tree: Any) -> int:
   return sum(np.dtype(x.dtype).itemsize * math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
-def methods(spec: TreeSpec) -> dict[str, tuple[optax.GradientTransformation, bool, int | None]]:
-  """Name -> (transformation, flat?, chunk size) for the JAX methods on ``spec``.
+def methods(spec: TreeSpec) -> dict[str, Method]:
+  """Name -> :class:`Method` for the JAX methods on ``spec``.
 
   optax.adam has no ``nu_dtype``: with bfloat16 params its second moment stays
-  bfloat16 (so it moves fewer bytes; the roofline is per method). The fast path
-  with the opt-in one-pass loop on CPU follows the fast path; the rows with
-  ``diagnostics=True`` (:data:`OVERHEAD_REFERENCE`) follow their references.
-  The methods of :func:`left_out` are not included.
+  bfloat16 (so it moves fewer bytes; the roofline is per method). The rows
+  with ``diagnostics=True`` (:data:`OVERHEAD_REFERENCE`) follow their
+  references. The methods of :func:`left_out` are not included.
   """
   moments = {"mu_dtype": spec.moment_dtype, "nu_dtype": spec.moment_dtype}
   adam = ao.adam(LEARNING_RATE, **moments)
   with_diagnostics = ao.adam(LEARNING_RATE, **moments, diagnostics=True)
   every = {
-    "optax.adam": (optax.adam(LEARNING_RATE, mu_dtype=spec.moment_dtype), False, None),
-    "ao.adam": (adam, False, None),
-    "ao.adam + diagnostics": (with_diagnostics, False, None),
-    "ao fast path": (adam, True, None),
-    "ao fast path, one pass": (adam, True, CHUNK_SIZE),
-    "ao fast path + diagnostics": (with_diagnostics, True, None),
+    "optax.adam": Method(optax.adam(LEARNING_RATE, mu_dtype=spec.moment_dtype), flat=False),
+    "ao.adam": Method(adam, flat=False),
+    "ao.adam + diagnostics": Method(with_diagnostics, flat=False),
+    "ao fast path": Method(adam, flat=True),
+    "ao fast path + diagnostics": Method(with_diagnostics, flat=True),
   }
   return {name: method for name, method in every.items() if name not in left_out(spec)}
 
@@ -82,20 +92,15 @@ def _loss(tree: Any) -> jax.Array:
   return sum(0.5 * jnp.vdot(x, x).astype(jnp.float32) for x in jax.tree.leaves(tree))
 
 
-def prepare(
-  name: str,
-  method: tuple[optax.GradientTransformation, bool, int | None],
-  spec: TreeSpec,
-  scan_steps: int,
-) -> Contender:
+def prepare(name: str, method: Method, spec: TreeSpec, scan_steps: int) -> Contender:
   """Compiles a method of :func:`methods` on ``spec``'s tree, ready to be timed.
 
   Flat methods keep params, grads and state as :class:`FlatParams` and step
   with :func:`adam_optax.flat.update_and_apply` (and, for the real step,
-  :func:`adam_optax.flat.flat_train_step`) with the method's chunk size. The
-  ``lax.scan`` of ``scan_steps`` steps compiles at its first (warm-up) call.
+  :func:`adam_optax.flat.flat_train_step`). The ``lax.scan`` of
+  ``scan_steps`` steps compiles at its first (warm-up) call.
   """
-  tx, flat, chunk_size = method
+  tx, flat = method
   as_params: Callable[[Any], Any] = flatten_params if flat else (lambda p: p)
 
   def fresh() -> tuple[Any, Any]:
@@ -104,10 +109,7 @@ def prepare(
     return params, tx.init(params)
 
   def step(p: Any, g: Any, s: Any) -> tuple[Any, Any]:
-    if flat:
-      return update_and_apply(tx, g, s, p, chunk_size=chunk_size)
-    updates, s = tx.update(g, s, p)
-    return optax.apply_updates(p, updates), s
+    return update_and_apply(tx, g, s, p)
 
   def scanned(p: Any, g: Any, s: Any) -> tuple[Any, Any]:
     return lax.scan(lambda c, _: (step(c[0], g, c[1]), None), (p, s), length=scan_steps)[0]
@@ -123,21 +125,18 @@ def prepare(
     jax.jit(step, donate_argnums=(0, 2)), params, grads, state
   )
   many = jax.jit(scanned, donate_argnums=(0, 2))
-  if flat:
-    trained = flat_train_step(_loss, tx, chunk_size=chunk_size)
-  else:
-    trained = jax.jit(real, donate_argnums=(0, 1))
+  trained = flat_train_step(_loss, tx) if flat else jax.jit(real, donate_argnums=(0, 1))
   trained, real_compile_s = timing.compile_seconds(trained, params, state)
   return Contender(
-    name,
-    bytes_per_step,
-    timing.step_memory_bytes(dispatched),
-    compile_s,
-    real_compile_s,
-    {
+    method=name,
+    bytes_per_step=bytes_per_step,
+    peak_bytes=timing.step_memory_bytes(dispatched),
+    compile_s=compile_s,
+    real_compile_s=real_compile_s,
+    calls={
       "wall": lambda c: dispatched(c[0], grads, c[1]),
       "device": lambda c: many(c[0], grads, c[1]),
       "real": lambda c: trained(*c[:2]),
     },
-    fresh,
+    fresh=fresh,
   )

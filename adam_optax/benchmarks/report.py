@@ -27,6 +27,9 @@ COLUMNS = (
   ("real_compile_s", "real compile s", "{:.2f}"),
   ("speedup_vs_optax", "vs optax", "{:.2f}x"),
 )
+#: The design's budget for diagnostics: at most this much slower than without.
+DIAGNOSTICS_BUDGET = 0.02
+_KIND_TITLES = {"wall": "wall", "device": "device", "real": "real step"}
 
 
 def _version(package: str) -> str | None:
@@ -46,16 +49,20 @@ def _cpu_model() -> str:
   return names[0] if names else platform_module.processor() or platform_module.machine()
 
 
+def device_kind(device: jax.Device) -> str:
+  """The device's model, e.g. ``NVIDIA H100 80GB HBM3``, ``TPU v5 lite`` or ``cpu``."""
+  return getattr(device, "device_kind", str(device))
+
+
 def context(platform: str, load_at_start: list[float]) -> dict[str, Any]:
   """The device, the versions, the date and the load that every figure is tied to.
 
   ``load_average`` is read now (the end of the run); ``load_at_start`` is the
   load average read at its start.
   """
-  device = jax.devices()[0]
   return {
     "platform": platform,
-    "device": getattr(device, "device_kind", str(device)),
+    "device": device_kind(jax.devices()[0]),
     "cpu": _cpu_model(),
     "cpu_count": os.cpu_count(),
     "load_average": list(os.getloadavg()),
@@ -100,11 +107,45 @@ def row(
   return out
 
 
-def _overhead_line(overhead: dict[str, Any]) -> str:
-  """E.g. ``diagnostics overhead vs ao.adam: wall +4%, device +31%, real step +9%``."""
-  kinds = {"wall": "wall", "device": "device", "real": "real step"}
-  figures = ", ".join(f"{title} {overhead[kind]:+.0%}" for kind, title in kinds.items())
-  return f"diagnostics overhead vs {overhead['reference']}: {figures}"
+def _aligned(cells: list[list[str]], text_columns: int = 1) -> list[str]:
+  """Rows of cells as lines: the first ``text_columns`` left-aligned, the figures right-aligned."""
+  widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+  return [
+    "  ".join(
+      c.ljust(w) if i < text_columns else c.rjust(w)
+      for i, (c, w) in enumerate(zip(r, widths, strict=True))
+    )
+    for r in cells
+  ]
+
+
+def _diagnostics_overhead(trees: list[dict[str, Any]]) -> list[str]:
+  """The diagnostics-on over diagnostics-off ratios of every tree, as a table.
+
+  E.g. ``gpt2  ao.adam + diagnostics / ao.adam  1.043x (+4.3%)  ...``, one
+  row per diagnostics row of each tree, and the rows left out.
+  """
+  cells = [["tree", "diagnostics on / off", *_KIND_TITLES.values()]]
+  left_out = []
+  for tree in trees:
+    for result in tree["results"]:
+      if "overhead" in result:
+        overhead = result["overhead"]
+        cells.append(
+          [
+            tree["name"],
+            f"{result['method']} / {overhead['reference']}",
+            *(f"{1 + overhead[k]:.3f}x ({overhead[k]:+.1%})" for k in _KIND_TITLES),
+          ]
+        )
+    left_out += [f"{tree['name']}: {method} left out" for method in tree.get("left_out", {})]
+  if len(cells) == 1:
+    return []
+  title = (
+    "diagnostics on vs off, per tree: time with diagnostics=True over the same method "
+    f"without (median of per-round ratios; budget {1 + DIAGNOSTICS_BUDGET:.2f}x)"
+  )
+  return ["", title, *_aligned(cells, text_columns=2), *left_out]
 
 
 def table(report: dict[str, Any]) -> str:
@@ -132,19 +173,12 @@ def table(report: dict[str, Any]) -> str:
       cells.append(
         ["-" if result.get(key) is None else fmt.format(result[key]) for key, _, fmt in COLUMNS]
       )
-    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
-    for r in cells:
-      lines.append(
-        "  ".join(
-          c.ljust(w) if i == 0 else c.rjust(w)
-          for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-      )
-    for result in tree["results"]:
-      if "overhead" in result:
-        lines.append(_overhead_line(result["overhead"]))
+    lines += _aligned(cells)
     for method, reason in tree.get("left_out", {}).items():
       lines.append(f"left out: {method} ({reason})")
+  if report.get("torch_skipped"):
+    lines += ["", f"torch.optim.Adam skipped: {report['torch_skipped']}"]
+  lines += _diagnostics_overhead(report["trees"])
   return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ drifts slower than a round.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,9 +30,11 @@ import jax
 KINDS = ("wall", "device", "real")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Contender:
   """One method on one tree, compiled and ready to be timed.
+
+  Built by keyword (its fields are keyword-only).
 
   Attributes:
     method: the method's name.
@@ -53,9 +56,9 @@ class Contender:
   fresh: Callable[[], Any]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Measurement:
-  """What the benchmark measures of one method on one tree.
+  """What the benchmark measures of one method on one tree (keyword-only fields).
 
   Attributes:
     method: the method's name.
@@ -87,6 +90,7 @@ def round_robin(
   repeats: int,
   warmup: int = 2,
   clock: Callable[[], float] = time.perf_counter,
+  on_round: Callable[[int], None] | None = None,
 ) -> dict[str, list[list[float]]]:
   """Times ``carry = call(carry)`` of every method in turn, round after round.
 
@@ -102,6 +106,7 @@ def round_robin(
     repeats: timed calls of each method per round.
     warmup: untimed calls of each method before the first round.
     clock: the timer, in seconds.
+    on_round: called with ``r`` before round ``r`` (e.g. to report progress).
 
   Returns:
     method -> per round, the seconds of each of its timed calls.
@@ -113,6 +118,8 @@ def round_robin(
       carries[name] = jax.block_until_ready(calls[name](carries[name]))
   seconds: dict[str, list[list[float]]] = {name: [] for name in names}
   for r in range(rounds):
+    if on_round is not None:
+      on_round(r)
     shift = r % len(names)
     for name in names[shift:] + names[:shift]:
       samples = []
@@ -135,13 +142,17 @@ def median_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> fl
 
 
 def measure(
-  contenders: Sequence[Contender], rounds: int, repeats: int, scan_steps: int
+  contenders: Sequence[Contender],
+  rounds: int,
+  repeats: int,
+  scan_steps: int,
+  on_round: Callable[[str, int], None] | None = None,
 ) -> list[Measurement]:
   """Times every contender round-robin, one kind of figure after another.
 
   ``wall`` and ``real`` time ``repeats`` calls per round, ``device`` one call
   (already ``scan_steps`` steps) per round. Only one kind's carries are alive
-  at a time.
+  at a time. ``on_round(kind, r)`` is called before round ``r`` of each kind.
   """
   steps = {"wall": 1, "device": scan_steps, "real": 1}
   per_round = {"wall": repeats, "device": 1, "real": repeats}
@@ -152,6 +163,7 @@ def measure(
       {c.method: c.fresh() for c in contenders},
       rounds,
       per_round[kind],
+      on_round=None if on_round is None else functools.partial(on_round, kind),
     )
     ms[kind] = {
       name: [[s * 1e3 / steps[kind] for s in samples] for samples in per_method]
@@ -165,15 +177,15 @@ def measure(
     }
     results.append(
       Measurement(
-        c.method,
-        c.bytes_per_step,
-        median_ms["wall"],
-        median_ms["device"],
-        median_ms["real"],
-        c.peak_bytes,
-        c.compile_s,
-        c.real_compile_s,
-        {kind: [statistics.median(samples) for samples in calls[kind]] for kind in KINDS},
+        method=c.method,
+        bytes_per_step=c.bytes_per_step,
+        wall_ms=median_ms["wall"],
+        device_ms=median_ms["device"],
+        real_ms=median_ms["real"],
+        peak_bytes=c.peak_bytes,
+        compile_s=c.compile_s,
+        real_compile_s=c.real_compile_s,
+        round_ms={kind: [statistics.median(samples) for samples in calls[kind]] for kind in KINDS},
       )
     )
   return results

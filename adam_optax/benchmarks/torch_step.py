@@ -17,13 +17,21 @@ from adam_optax.benchmarks.rounds import Contender
 from adam_optax.benchmarks.trees import TreeSpec
 
 
-def available(platform: str) -> bool:
-  """Whether ``import torch`` works and can use this platform's device."""
+def unavailable(platform: str) -> str | None:
+  """Why ``torch.optim.Adam`` cannot run on this JAX platform's device, or ``None`` if it can.
+
+  PyTorch runs here on the CPU and on CUDA GPUs; on other platforms (a TPU) the
+  benchmark would time it on another device than the JAX methods.
+  """
+  if platform not in ("cpu", "gpu"):
+    return f"PyTorch has no {platform} backend here (it would run on another device)"
   try:
     import torch
-  except ImportError:
-    return False
-  return platform == "cpu" or (platform == "gpu" and torch.cuda.is_available())
+  except ImportError as error:
+    return f"PyTorch is not installed ({error})"
+  if platform == "gpu" and not torch.cuda.is_available():
+    return f"this PyTorch {torch.__version__} has no CUDA device"
+  return None
 
 
 def _nbytes(tensors: list[Any]) -> int:
@@ -83,11 +91,11 @@ def prepare(spec: TreeSpec, platform: str, scan_steps: int) -> Contender:
   else:
     peak = _nbytes(tensors) + _nbytes(state)
   return Contender(
-    f"torch Adam({kind})",
-    3 * _nbytes(params) + 2 * _nbytes(state),
-    peak,
-    None,
-    None,
-    {"wall": step, "device": steps, "real": real},
-    lambda: None,
+    method=f"torch Adam({kind})",
+    bytes_per_step=3 * _nbytes(params) + 2 * _nbytes(state),
+    peak_bytes=peak,
+    compile_s=None,
+    real_compile_s=None,
+    calls={"wall": step, "device": steps, "real": real},
+    fresh=lambda: None,
   )

@@ -185,7 +185,7 @@ def test_flax_nnx_model_evaluates_with_averaged_params(digits: Digits) -> None:
   averaged = averaged_params(nnx.as_pure(optimizer.opt_state))
   # Found by field name in nnx.state too, where the NamedTuples are mappings of variables.
   from_state = averaged_params(nnx.state(optimizer))
-  chex.assert_trees_all_equal(jax.tree.map(np.asarray, from_state), averaged)
+  chex.assert_trees_all_equal(jax.tree.leaves(from_state), jax.tree.leaves(averaged))
   eval_model = nnx.clone(model)
   nnx.update(eval_model, from_state)
   kernel = nnx.as_pure(nnx.state(eval_model, nnx.Param))["hidden1"]["kernel"]

@@ -22,7 +22,7 @@ from adam_optax.flat import flat_train_step, flatten_params
 pytestmark = pytest.mark.min_versions
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-OPTIMIZERS = ["adam", "adamw", "nadam", "adamax", "amsgrad"]
+OPTIMIZERS = ["adam", "adamw", "nadam", "nadamw", "adamax", "amsgrad"]
 STEPS = 20
 
 
@@ -48,9 +48,10 @@ def _train(tx, params):
   return params
 
 
+@pytest.mark.parametrize("diagnostics", [False, True])
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_optimizer_steps_like_optax(name):
-  got = _train(getattr(ao, name)(1e-2), _params())
+def test_optimizer_steps_like_optax(name, diagnostics):
+  got = _train(getattr(ao, name)(1e-2, diagnostics=diagnostics), _params())
   want = _train(getattr(optax, name)(1e-2), _params())
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -76,3 +77,11 @@ def test_getting_started_states_the_declared_minimum_versions():
   page = " ".join((ROOT / "docs" / "getting_started.md").read_text().split())
   stated = "JAX {jax}, optax {optax}, chex {chex} and NumPy {numpy} or newer".format(**bounds)
   assert stated in page
+
+
+def test_diagnostics_read_from_the_state():
+  tx = ao.adam(1e-2, diagnostics=True)
+  params = _params()
+  _, state = jax.jit(tx.update)(jax.grad(_loss)(params), tx.init(params), params)
+  readings = jax.jit(ao.diagnostics)(state)
+  assert float(readings["step_max"]) == pytest.approx(1e-2, rel=1e-4)  # alpha sign(g) at t = 1

@@ -136,8 +136,14 @@ def diagnose(
 
   def init_fn(params: optax.Params) -> DiagnosticsState:
     del params
-    zero, false = jnp.zeros([], jnp.float32), jnp.zeros([], bool)
-    return DiagnosticsState(zero, zero, zero, zero, zero, zero, zero, false, false, false)
+    # One array per field: a state whose fields share a buffer cannot be donated.
+    flags = ("corrected_mu", "corrected_nu", "infinity_norm")
+    return DiagnosticsState(
+      **{
+        name: jnp.zeros([], bool if name in flags else jnp.float32)
+        for name in DiagnosticsState._fields
+      }
+    )
 
   def update_fn(
     updates: Moments, state: DiagnosticsState, params: optax.Params | None = None

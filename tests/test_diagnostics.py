@@ -529,3 +529,14 @@ def test_reader_works_on_nnx_state_of_an_optimizer() -> None:
   expected = jax.jit(diagnostics)(nnx.to_pure_dict(nnx.state(optimizer))["opt_state"])
   for key in READINGS:
     np.testing.assert_array_equal(np.asarray(stats[key]), np.asarray(expected[key]), err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamax", "amsgrad"])
+def test_a_diagnosed_state_can_be_donated_step_after_step(name: str) -> None:
+  """No two fields share a buffer (init) or alias an input (update): donation works."""
+  tx = getattr(ao, name)(optax.linear_schedule(0.1, 0.01, 5), diagnostics=True)
+  update = jax.jit(tx.update, donate_argnums=1)
+  state = tx.init(PARAMS)
+  for k in range(3):
+    _, state = update(jax.tree.map(lambda p, k=k: p + 1.0 + k, PARAMS), state, PARAMS)
+  assert float(diagnostics(state)["alpha"]) == pytest.approx(0.1 - 2 * 0.09 / 5)

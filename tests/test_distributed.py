@@ -1,0 +1,190 @@
+"""Training across processes, on one machine: 2 processes of 4 CPU devices on 127.0.0.1.
+
+The processes run tests/distributed_checks.py, started by
+:func:`adam_optax.distributed.launch` (a fresh port per run, retried if taken;
+every process killed at the deadline). The training run and its single-process
+reference run once per module; the tests assert on what they wrote.
+
+Rounding: a data-parallel gradient is summed over devices and processes in
+another order than on one device, so its runs differ from one device's by
+rounding, which Adam's normalization m/sqrt(v) carries into every
+coordinate; ``scaled ulp`` measures that per leaf in ulp of the leaf's
+largest entry (elementwise ulp blow up at values near 0).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import pytest
+from fresh_python import ROOT, run_python
+
+import adam_optax as ao
+from adam_optax import distributed
+from adam_optax.checkpoint import restore_checkpoint
+
+CHECKS = "tests/distributed_checks.py"
+# Failures end every process within these bounds: the timeouts of
+# distributed_checks.TIMEOUTS, plus what JAX takes beyond them (measured: up
+# to 6 s) and a margin for a loaded machine.
+HEARTBEAT_TIMEOUT, UNREACHABLE_TIMEOUT, SLACK = 5, 3, 10
+OPTIMIZERS = [
+  "adam",
+  "adamw",
+  pytest.param(
+    "adam_8bit",
+    marks=pytest.mark.skipif(not hasattr(ao, "Quantized"), reason="ao.Quantized not there yet"),
+  ),
+]
+
+
+def _launch(scenario: str, out: pathlib.Path) -> list[subprocess.CompletedProcess[str]]:
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+  return distributed.launch([CHECKS, scenario, str(out)], 2, local_devices=4, env=env, timeout=240)
+
+
+def _failed(runs: list[subprocess.CompletedProcess[str]]) -> str:
+  return "\n".join(
+    f"process {i}: exit {r.returncode}\n{r.stderr[-3000:]}" for i, r in enumerate(runs)
+  )
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+  """The 2-process training run, then the 1-process reference, as one dict of results.
+
+  Run once per session: under pytest-xdist the workers share the session's
+  directory, and the first to take the lock runs the processes for all.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if "PYTEST_XDIST_WORKER" in os.environ:
+    root = root.parent
+  out, cached = root / "distributed", root / "distributed.json"
+  with (root / "distributed.lock").open("w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not cached.exists():
+      out.mkdir(exist_ok=True)
+      runs = _launch("train", out)
+      assert all(run.returncode == 0 for run in runs), _failed(runs)
+      single = run_python([CHECKS, "single", str(out)])
+      assert single.returncode == 0, single.stderr[-4000:]
+      found = json.loads((out / "train.json").read_text())
+      cached.write_text(json.dumps(found | json.loads(single.stdout.splitlines()[-1])))
+  return json.loads(cached.read_text())
+
+
+def test_the_mesh_spans_both_processes(results: dict[str, Any]) -> None:
+  assert (results["processes"], results["devices"]) == (2, 8)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_data_parallel_training_equals_one_process(results: dict[str, Any], name: str) -> None:
+  for mode in ("plain", "zero1"):
+    # After 10 steps, measured: 4 (adam) and 4.5 (adamw) ulp of each leaf's
+    # largest param, 5 and 4.75 for the moments; elementwise up to 5,345 ulp
+    # at params near 0.
+    assert results[f"{name}/{mode}_vs_single/params_scaled_ulp"] <= 16, mode
+    assert results[f"{name}/{mode}_vs_single/state_scaled_ulp"] <= 16, mode
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_zero1_holds_a_slice_per_process_with_the_same_numbers(
+  results: dict[str, Any], name: str
+) -> None:
+  plain, zero1 = results[f"{name}/bytes/plain"], results[f"{name}/bytes/zero1"]
+  # Plain data parallel: every device holds both moments whole.
+  assert plain["process"] == 4 * plain["total"]
+  assert plain["device"] == plain["total"]
+  # ZeRO-1: each of the 8 devices an eighth, so each process half.
+  assert zero1["process"] == zero1["total"] // 2
+  assert zero1["device"] == zero1["total"] // 8
+  # Same gradients, same all-reduce: ZeRO-1 changes where Adam runs, not what it computes.
+  assert results[f"{name}/zero1_vs_plain_ulp"] == 0
+
+
+def test_a_checkpoint_of_two_processes_restores_anywhere_and_resumes_exactly(
+  results: dict[str, Any],
+) -> None:
+  # Every restore is bit for bit: the same layout, a (2, 4) mesh, one device.
+  assert results["restored/same_layout_ulp"] == 0
+  assert results["restored/other_layout_ulp"] == 0
+  assert results["restored/one_process_ulp"] == 0
+  assert results["restored/other_layout_w1_mu"] == ["P('data', None)", [64, 64]]
+  # Resumed in the layout it was saved from: what never stopped, bit for bit.
+  assert results["resumed/same_layout_ulp"] == 0
+  # Elsewhere the gradient is summed in another order: rounding only.
+  assert results["resumed/other_layout_scaled_ulp"] <= 16  # measured: 3
+  assert results["resumed/one_process_scaled_ulp"] <= 16  # measured: 4
+
+
+def test_a_process_killed_while_saving_ends_the_run_and_leaves_no_checkpoint(
+  tmp_path: pathlib.Path,
+) -> None:
+  runs = _launch("die_in_save", tmp_path)
+  ended = time.time()
+  killed_at = float(runs[1].stdout.split("killed at ")[1].split()[0])
+  assert runs[1].returncode == -9
+  # Process 0 does not hang at the save's barrier: it aborts, naming the dead task.
+  assert runs[0].returncode != 0
+  assert "the save returned" not in runs[0].stdout
+  assert "stopped sending heartbeats" in runs[0].stderr
+  assert ended - killed_at < HEARTBEAT_TIMEOUT + SLACK  # measured: 5.5 s
+  # The save had started (process 0 wrote its part), but nothing was committed.
+  (partial,) = tmp_path.glob("ckpt.orbax-checkpoint-tmp*")
+  assert any(partial.rglob("ocdbt.process_0"))
+  for directory in (tmp_path / "ckpt", partial):
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+      restore_checkpoint(directory, {})
+
+
+def test_a_coordinator_nobody_runs_or_a_peer_that_never_comes_ends_in_bounded_time(
+  tmp_path: pathlib.Path,
+) -> None:
+  # Two lone processes of a 2-process run, each on a port nobody else uses:
+  # process 1 finds no coordinator; process 0 (the coordinator) no peer.
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+  env.pop("XLA_FLAGS", None)
+  processes, ended = [], []
+  try:
+    for process_id in (1, 0):
+      process_env = {
+        **env,
+        distributed.COORDINATOR: f"127.0.0.1:{distributed._free_port()}",
+        distributed.NUM_PROCESSES: "2",
+        distributed.PROCESS_ID: str(process_id),
+      }
+      with (tmp_path / f"{process_id}.out").open("w") as out:
+        command = [sys.executable, CHECKS, "unreachable", str(tmp_path)]
+        processes.append(
+          subprocess.Popen(command, env=process_env, cwd=ROOT, stdout=out, stderr=out)
+        )
+    for process in processes:  # process 1 gives up first
+      process.wait(timeout=60)
+      ended.append(time.time())
+  finally:
+    for process in processes:
+      process.kill()
+      process.wait()
+  no_coordinator, no_peer = ((tmp_path / f"{i}.out").read_text() for i in (1, 0))
+  assert processes[0].returncode == 1
+  assert "TimeoutError: process 1 could not reach the coordinator" in no_coordinator
+  assert processes[1].returncode != 0
+  assert "DEADLINE_EXCEEDED" in no_peer
+  # From the call to initialize to the end: measured 5.1 s and 10.4 s.
+  for output, end in zip((no_coordinator, no_peer), ended, strict=True):
+    joined = float(output.split("joining at ")[1].split()[0])
+    assert end - joined < UNREACHABLE_TIMEOUT + SLACK
+
+
+def test_initialize_outside_a_launch_needs_its_arguments() -> None:
+  with pytest.raises(ValueError, match=distributed.COORDINATOR):
+    distributed.initialize()
+  assert jax.process_count() == 1

@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import time
@@ -188,3 +189,33 @@ def test_initialize_outside_a_launch_needs_its_arguments() -> None:
   with pytest.raises(ValueError, match=distributed.COORDINATOR):
     distributed.initialize()
   assert jax.process_count() == 1
+
+
+JOIN = (
+  "import os; from adam_optax import distributed; {before}"
+  "distributed.initialize(initialization_timeout=20); print(os.environ[distributed.COORDINATOR])"
+)
+
+
+def test_a_port_that_another_program_holds_is_given_up_for_a_new_one(
+  monkeypatch: pytest.MonkeyPatch,
+) -> None:
+  with socket.socket() as holder:
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    held = holder.getsockname()[1]
+    ports = iter([held])
+    fresh = distributed._free_port
+    monkeypatch.setattr(distributed, "_free_port", lambda: next(ports, None) or fresh())
+    runs = distributed.launch(["-c", JOIN.format(before="")], 2, timeout=120)
+  assert all(run.returncode == 0 for run in runs), _failed(runs)
+  addresses = {run.stdout.split()[-1] for run in runs}
+  assert len(addresses) == 1
+  assert addresses != {f"127.0.0.1:{held}"}
+
+
+def test_processes_of_two_runs_that_meet_on_one_port_refuse_to_train_together() -> None:
+  # As if two launches had drawn the same port: each process has another run id.
+  before = "os.environ[distributed.RUN_ID] = os.environ[distributed.PROCESS_ID]; "
+  with pytest.raises(RuntimeError, match="every one of 1 coordinator ports was taken"):
+    distributed.launch(["-c", JOIN.format(before=before)], 2, timeout=120, attempts=1)

@@ -112,6 +112,19 @@ def initialize(
   An abort prints ``Terminating process because the JAX distributed service
   detected fatal errors`` and the reason; the exit status is not 0.
 
+  Examples:
+    In each process of a run that :func:`launch` started, first thing:
+
+    >>> import jax
+    >>> from adam_optax import distributed
+    >>> distributed.initialize()  # doctest: +SKIP
+    >>> jax.process_count(), jax.device_count()  # doctest: +SKIP
+    (2, 8)
+
+    Elsewhere (a cluster), with the same address in every process:
+
+    >>> distributed.initialize("10.0.0.1:1234", 4, rank, heartbeat_timeout=60)  # doctest: +SKIP
+
   Args:
     coordinator_address: ``host:port`` of process 0, the same in every process.
     num_processes: how many processes the run has.
@@ -125,6 +138,10 @@ def initialize(
     TimeoutError: if the coordinator cannot be reached in time.
     RuntimeError: if the processes that met were started by different
       :func:`launch` calls (they were given the same port).
+
+  References:
+    JAX, "Multi-controller runtime" and :func:`jax.distributed.initialize`
+    (https://docs.jax.dev/en/latest/multi_process.html).
   """
   address = _given_or_launched(coordinator_address, COORDINATOR)
   count = int(_given_or_launched(num_processes, NUM_PROCESSES))
@@ -244,6 +261,10 @@ def launch(
   Raises:
     subprocess.TimeoutExpired: if the processes did not all end in ``timeout``.
     RuntimeError: if every attempt lost its port to another run.
+
+  References:
+    PyTorch's ``torchrun --standalone``, which does the same for
+    ``torch.distributed`` (https://pytorch.org/docs/stable/elastic/run.html).
   """
   env = dict(os.environ if env is None else env)
   if local_devices is not None:

@@ -11,9 +11,10 @@
 * ``single``, in one process of one device: the same training on the same
   global batches, compared with ``OUT/train.npz`` in ulp, and the 2-process
   checkpoint restored and resumed. Prints one JSON object.
-* ``die_in_save``, in 2 processes: process 1 is killed as both start saving;
-  process 0 must then end on an error within the heartbeat timeout.
-* ``unreachable``, in 1 process that expects a coordinator nobody runs.
+* ``die_in_save``, in 2 processes: process 1 is killed once its save is under
+  way; process 0 must then end on an error within the heartbeat timeout.
+* ``unreachable``, in a lone process of a 2-process run (no coordinator, no
+  peer, or a port it cannot listen on): prints when it joins, then fails.
 
 Every scenario joins the run through :func:`adam_optax.distributed.initialize`
 with the timeouts of ``TIMEOUTS``; every process builds the same global

@@ -13,6 +13,8 @@
   checkpoint restored and resumed. Prints one JSON object.
 * ``die_in_save``, in 2 processes: process 1 is killed once its save is under
   way; process 0 must then end on an error within the heartbeat timeout.
+* ``raise_in_training``, in 2 processes: process 0 raises between two steps;
+  both must end within the shutdown timeout.
 * ``unreachable``, in a lone process of a 2-process run (no coordinator, no
   peer, or a port it cannot listen on): prints when it joins, then fails.
 
@@ -47,7 +49,7 @@ from adam_optax import distributed
 from adam_optax.checkpoint import restore_checkpoint, save_checkpoint
 from adam_optax.sharding import zero1_shardings
 
-TIMEOUTS = {"initialization_timeout": 30, "heartbeat_timeout": 5, "shutdown_timeout": 10}
+TIMEOUTS = {"initialization_timeout": 30, "heartbeat_timeout": 5, "shutdown_timeout": 5}
 UNREACHABLE_TIMEOUT = 3
 STEPS, SAVED_AT = 10, 5
 BATCH = 64  # global rows per step, split over the 8 devices
@@ -314,6 +316,23 @@ def die_in_save_scenario(out: pathlib.Path) -> None:
       os.kill(os.getpid(), signal.SIGKILL)
 
 
+def raise_in_training_scenario(out: pathlib.Path) -> None:
+  """Process 0 (the coordinator) raises between steps; process 1 goes on into a collective."""
+  del out
+  mesh = jax.make_mesh((8,), ("data",))
+  with jax.set_mesh(mesh):
+    tx = OPTIMIZERS["adam"]()
+    params = jax.device_put(init_params(), NamedSharding(mesh, P()))
+    state = jax.jit(tx.init, out_shardings=NamedSharding(mesh, P()))(params)
+    step, rows = make_step(tx), NamedSharding(mesh, P("data"))
+    params, state = train(step, params, state, range(2), rows)
+    if jax.process_index() == 0:
+      print(f"raised at {time.time()}", flush=True)
+      raise RuntimeError("a bug in process 0")
+    train(step, params, state, range(2, 4), rows)
+  print("process 1 trained on", flush=True)
+
+
 def main() -> None:
   scenario, out = sys.argv[1], pathlib.Path(sys.argv[2])
   if scenario == "single":
@@ -325,7 +344,12 @@ def main() -> None:
     return
   distributed.initialize(**TIMEOUTS)
   assert jax.device_count() == 8, jax.devices()
-  {"train": train_scenario, "die_in_save": die_in_save_scenario}[scenario](out)
+  scenarios = {
+    "train": train_scenario,
+    "die_in_save": die_in_save_scenario,
+    "raise_in_training": raise_in_training_scenario,
+  }
+  scenarios[scenario](out)
 
 
 if __name__ == "__main__":

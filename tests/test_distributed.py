@@ -147,6 +147,20 @@ def test_a_process_killed_while_saving_ends_the_run_and_leaves_no_checkpoint(
       restore_checkpoint(directory, {})
 
 
+def test_an_error_in_one_process_ends_the_others_at_the_shutdown_timeout(
+  tmp_path: pathlib.Path,
+) -> None:
+  runs = _launch("raise_in_training", tmp_path)
+  ended = time.time()
+  raised_at = float(runs[0].stdout.split("raised at ")[1].split()[0])
+  # Process 0 raised and waited at exit; process 1, inside a collective, is not left hanging.
+  assert "RuntimeError: a bug in process 0" in runs[0].stderr
+  assert "process 1 trained on" not in runs[1].stdout
+  assert all(run.returncode != 0 for run in runs), _failed(runs)
+  assert "Shutdown barrier has failed" in runs[1].stderr
+  assert ended - raised_at < TIMEOUTS["shutdown_timeout"] + SLACK  # measured: 5.6 s
+
+
 def test_a_lone_process_ends_in_bounded_time_with_a_clear_error(tmp_path: pathlib.Path) -> None:
   # Lone processes of 2-process runs: process 1 finds no coordinator, a process 0
   # (the coordinator) no peer, and another process 0 a port that a socket holds.

@@ -108,7 +108,10 @@ def save_checkpoint(directory: str | os.PathLike[str], tree: chex.ArrayTree) -> 
 def restore_checkpoint(directory: str | os.PathLike[str], target: chex.ArrayTree) -> chex.ArrayTree:
   """Reads a checkpoint into the structure of ``target``, after checking that they match.
 
-  Every leaf of the checkpoint must appear in ``target`` at the same path with
+  Only a complete checkpoint is read: orbax writes into a temporary
+  directory and renames it to ``directory`` once every process has written
+  its part, so a save interrupted by a crash is never taken for one. Every
+  leaf of the checkpoint must appear in ``target`` at the same path with
   the same shape and dtype, and vice versa; otherwise nothing is read and the
   error names the first mismatching path (in orbax's dotted form,
   ``opt_state.0.mu.w``, which is also the name of its files on disk). The
@@ -137,13 +140,22 @@ def restore_checkpoint(directory: str | os.PathLike[str], target: chex.ArrayTree
     the values of the checkpoint, bit for bit.
 
   Raises:
-    ValueError: naming the first path whose presence, shape or dtype differs.
+    ValueError: if ``directory`` is not a complete checkpoint (it does not
+      exist, or it is what a save that never finished left behind); or naming
+      the first path whose presence, shape or dtype differs.
 
   References:
     orbax-checkpoint, ``StandardCheckpointer``
     (https://orbax.readthedocs.io/en/latest/guides/checkpoint/checkpointing_pytrees.html).
   """
   path = pathlib.Path(directory).resolve()
+  # A save that did not finish (a process killed, say) leaves only orbax's
+  # temporary directory, which is never renamed to ``path``.
+  if not ocp.utils.is_checkpoint_finalized(path):
+    raise ValueError(
+      f"{path} is not a complete checkpoint (missing, or a save that never finished); "
+      "nothing was restored."
+    )
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   with ocp.StandardCheckpointer() as checkpointer:
     saved = checkpointer.metadata(path).item_metadata.tree

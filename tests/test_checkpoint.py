@@ -155,3 +155,13 @@ def test_saving_over_a_checkpoint_refuses_and_keeps_it(tmp_path: pathlib.Path) -
   with pytest.raises(ValueError, match="already exists"):
     save_checkpoint(tmp_path / "ckpt", {"params": jax.tree.map(jnp.zeros_like, params)})
   assert _snapshot(tmp_path) == on_disk
+
+
+def test_a_directory_that_is_not_a_complete_checkpoint_is_refused(tmp_path: pathlib.Path) -> None:
+  target = {"params": _params()}
+  save_checkpoint(tmp_path / "ckpt", target)
+  # What a save killed before its commit leaves: orbax's temporary directory.
+  (tmp_path / "ckpt").rename(tmp_path / "ckpt.orbax-checkpoint-tmp")
+  for directory in ("ckpt", "ckpt.orbax-checkpoint-tmp"):
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+      restore_checkpoint(tmp_path / directory, target)

@@ -47,7 +47,13 @@ def page_code(page: pathlib.Path) -> tuple[str, int]:
 
 
 def test_there_are_pages() -> None:
-  assert {p.stem for p in PAGES} >= {"flax", "optax_wrappers", "checkpoints", "sharding"}
+  assert {p.stem for p in PAGES} >= {
+    "flax",
+    "optax_wrappers",
+    "checkpoints",
+    "sharding",
+    "many_hosts",
+  }
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])

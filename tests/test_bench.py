@@ -270,14 +270,14 @@ def test_row_takes_speedup_and_overhead_per_round():
   assert report_module.row(ao, 1e9, base)["speedup_vs_optax"] == 1.0
 
 
-def test_diagnostics_rows_are_left_out_only_on_many_leaves():
+def test_only_the_fast_paths_diagnostics_row_is_left_out_and_only_on_many_leaves():
   specs = trees.tree_specs("cpu")
   for name, spec in specs.items():
     methods = list(jax_steps.methods(spec))
     left_out = jax_steps.left_out(spec)
     assert set(methods) | set(left_out) == set(JAX_METHODS)
-    diagnosed = list(OVERHEAD_REFERENCE)
-    assert list(left_out) == (diagnosed if name == "many-leaves" else [])
+    expected = ["ao fast path + diagnostics"] if name == "many-leaves" else []
+    assert list(left_out) == expected
 
 
 def test_progress_goes_to_stderr_per_compiled_method_and_round(run):

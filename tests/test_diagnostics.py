@@ -540,3 +540,25 @@ def test_a_diagnosed_state_can_be_donated_step_after_step(name: str) -> None:
   for k in range(3):
     _, state = update(jax.tree.map(lambda p, k=k: p + 1.0 + k, PARAMS), state, PARAMS)
   assert float(diagnostics(state)["alpha"]) == pytest.approx(0.1 - 2 * 0.09 / 5)
+
+
+@pytest.mark.parametrize("name", ["adam", "amsgrad"])
+def test_diagnostics_add_no_param_sized_work_or_memory_to_the_step(name: str) -> None:
+  """XLA's own accounting of the compiled step: a few scalars more, nothing per parameter."""
+  params = {f"layer{i}": jnp.ones((256, 64)) for i in range(8)}
+  schedule = optax.linear_schedule(1e-3, 1e-4, 100)
+
+  def compiled(diagnostics_on: bool) -> Any:
+    tx = getattr(ao, name)(schedule, diagnostics=diagnostics_on)
+
+    def step(params: Any, state: Any, grads: Any) -> Any:
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    return jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params).compile()
+
+  off, on = compiled(False), compiled(True)
+  cost_off, cost_on = (c.cost_analysis() for c in (off, on))
+  cost_off, cost_on = (c[0] if isinstance(c, list) else c for c in (cost_off, cost_on))
+  assert cost_on["bytes accessed"] - cost_off["bytes accessed"] < 1024  # vs 4 MiB of params
+  assert on.memory_analysis().temp_size_in_bytes == off.memory_analysis().temp_size_in_bytes

@@ -8,6 +8,9 @@
   bfloat16/float16 storage loses precision only when a result is stored, and
   ``eps = 1e-8`` never underflows to 0. For float32 and float64 inputs the
   upcast is the identity, which keeps results bit-identical to optax.
+* Low-bit storage: a storage "dtype" may be an :class:`adam_optax.Quantized`
+  format; such a moment is stored as a :class:`~adam_optax.quantized.QuantizedArray`,
+  decoded to float32 by :func:`upcast` and encoded again by :func:`cast_like`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
+from adam_optax import quantized
+
 
 def compute_dtype(dtype: DTypeLike) -> np.dtype:
   """The dtype arithmetic is done in: ``dtype`` promoted to at least float32."""
@@ -28,8 +33,13 @@ def compute_dtype(dtype: DTypeLike) -> np.dtype:
 
 
 def upcast(tree: chex.ArrayTree) -> chex.ArrayTree:
-  """Casts every leaf to its :func:`compute_dtype` (a no-op for float32)."""
-  return jax.tree.map(lambda x: jnp.asarray(x).astype(compute_dtype(jnp.result_type(x))), tree)
+  """Casts every leaf to its :func:`compute_dtype` (a no-op for float32); decodes quantized ones."""
+
+  def leaf(x: Any) -> chex.Array:
+    x = jnp.asarray(quantized.decode(x))
+    return x.astype(compute_dtype(jnp.result_type(x)))
+
+  return jax.tree.map(leaf, tree, is_leaf=quantized.is_quantized)
 
 
 def real_dtype(dtype: DTypeLike) -> np.dtype:
@@ -37,10 +47,19 @@ def real_dtype(dtype: DTypeLike) -> np.dtype:
   return jnp.finfo(dtype).dtype
 
 
-def zeros(params: chex.ArrayTree, dtype: DTypeLike | None, *, real: bool = False) -> chex.ArrayTree:
-  """Storage for a moment: ``dtype`` if given, else the params' (real) dtype."""
+def zeros(
+  params: chex.ArrayTree, dtype: DTypeLike | quantized.Quantized | None, *, real: bool = False
+) -> chex.ArrayTree:
+  """Storage for a moment: ``dtype`` if given, else the params' (real) dtype.
+
+  A real moment (``real=True``: a second moment, a running maximum) is
+  non-negative, so a :class:`~adam_optax.Quantized` format stores it with the
+  unsigned, zero-free map.
+  """
 
   def leaf(p: chex.Array) -> chex.Array:
+    if isinstance(dtype, quantized.Quantized):
+      return quantized.zeros(p, dtype, signed=not real)
     storage = jnp.result_type(p) if dtype is None else jnp.dtype(dtype)
     # zeros_like, not zeros(shape): the moment takes the param's sharding.
     return jnp.zeros_like(p, dtype=real_dtype(storage) if real else storage)
@@ -49,8 +68,8 @@ def zeros(params: chex.ArrayTree, dtype: DTypeLike | None, *, real: bool = False
 
 
 def cast_like(tree: chex.ArrayTree, like: chex.ArrayTree) -> chex.ArrayTree:
-  """Casts ``tree`` to the dtypes of ``like`` leaf by leaf (back to storage)."""
-  return jax.tree.map(lambda x, ref: x.astype(ref.dtype), tree, like)
+  """Casts ``tree`` to the dtypes of ``like`` leaf by leaf (back to storage; encodes quantized)."""
+  return jax.tree.map(quantized.encode, tree, like)
 
 
 def warn_if_decay_vanishes(
@@ -61,7 +80,8 @@ def warn_if_decay_vanishes(
   With ``decay`` closer to 1 than half the dtype's machine epsilon,
   ``decay * x`` rounds back to ``x`` (e.g. ``0.999 * v`` in bfloat16), so the
   moving average stops moving once stored. Traced decays and leaves that are
-  not floating point are not checked.
+  not floating point are not checked, nor are quantized leaves (their block
+  scales follow each block's largest element, which the codes do not).
 
   Args:
     name: the decay's argument name, e.g. ``"b2"``.
@@ -73,7 +93,8 @@ def warn_if_decay_vanishes(
   """
   if not isinstance(decay, (int, float)):
     return
-  dtypes = {jnp.result_type(x) for x in jax.tree.leaves(storage)}
+  leaves = jax.tree.leaves(storage, is_leaf=quantized.is_quantized)
+  dtypes = {jnp.result_type(x) for x in leaves if not quantized.is_quantized(x)}
   inexact = {real_dtype(d) for d in dtypes if jnp.issubdtype(d, jnp.inexact)}
   stuck = sorted(d.name for d in inexact if (1.0 - decay) < float(jnp.finfo(d).eps) / 2)
   if stuck:

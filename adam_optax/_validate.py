@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from adam_optax.quantized import Quantized, is_quantized
+
 
 def _is_concrete(value: Any) -> bool:
   return isinstance(value, numbers.Real)
@@ -42,9 +44,9 @@ def check_finite(name: str, value: Any) -> None:
     raise ValueError(f"{name}={value!r} is out of range: expected a finite number.")
 
 
-def check_inexact_dtype(name: str, dtype: DTypeLike | None) -> None:
-  """Checks that a storage dtype, when given, is floating or complex."""
-  if dtype is None:
+def check_inexact_dtype(name: str, dtype: DTypeLike | Quantized | None) -> None:
+  """Checks that a storage dtype, when given, is floating or complex (or a ``Quantized`` format)."""
+  if dtype is None or isinstance(dtype, Quantized):
     return
   try:
     inexact = jnp.issubdtype(jnp.dtype(dtype), jnp.inexact)
@@ -115,7 +117,7 @@ def check_gradients(piece: str, updates: Any, reference: Any) -> None:
     TypeError: naming the first path whose gradient is not floating/complex.
   """
   got, got_def = jax.tree_util.tree_flatten_with_path(updates)
-  want, want_def = jax.tree_util.tree_flatten_with_path(reference)
+  want, want_def = jax.tree_util.tree_flatten_with_path(reference, is_leaf=is_quantized)
   if got_def != want_def:
     mismatch = _first_mismatch(updates, reference) or f"{got_def} != {want_def}"
     raise ValueError(
@@ -123,10 +125,11 @@ def check_gradients(piece: str, updates: Any, reference: Any) -> None:
       f"the params given to init): {mismatch}."
     )
   for (path, g), (_, w) in zip(got, want, strict=True):
-    if jnp.shape(g) != jnp.shape(w):
+    want_shape = w.shape if is_quantized(w) else jnp.shape(w)
+    if jnp.shape(g) != want_shape:
       raise ValueError(
         f"{piece}: the gradient at {_path_str(path)} has shape {jnp.shape(g)} "
-        f"but the optimizer state expects {jnp.shape(w)}."
+        f"but the optimizer state expects {want_shape}."
       )
     if not jnp.issubdtype(jnp.result_type(g), jnp.inexact):
       raise TypeError(

@@ -1,42 +1,37 @@
 r"""The codebooks of :class:`adam_optax.Quantized`: computed codes, no table search.
 
-Every code is a few elementwise operations (a square root, a multiply, a
-round, integer shifts), so encoding a block costs about what a float32 Adam
-step costs, where a codebook search (``searchsorted`` over 256 values) costs
-some 60 times more on a CPU. Values arrive in blocks, ``(..., blocks, size)``
-float32, with one float32 ``scale`` per block; codes are ``uint8``, 4-bit codes
-packed two to a byte. The first moment's scales are bfloat16 (its decay
-:math:`\beta_1 = 0.9` moves it far more than bfloat16's rounding); the second
-moment's are float32, since the block's largest :math:`\sqrt v` is stored
-exactly by its scale and :math:`\beta_2 = 0.999` moves it less than bfloat16
-can resolve.
+Both maps are minifloats *relative to the block*: a value :math:`x \in [0, 1]`
+(a magnitude over the block's scale) has the code of the nearest of
 
-* **Signed** (a first moment :math:`m`): the block's absolute maximum
-  :math:`s` is the scale and :math:`x = m / s \in [-1, 1]` is coded by the
-  square-root ("power 2") map
+.. math::
 
-  .. math::
+  c(k) = 2^{(k - K)/2^{M}}, \qquad k = 0, \dots, K,
 
-    q = \operatorname{round}\!\big(L\, \operatorname{sign}(x) \sqrt{|x|}\big),
-    \qquad \tilde x = \operatorname{sign}(q)\,(q / L)^2,
-    \qquad L = 2^{b-1} - 1,
+:math:`2^M` codes per octave below the top code :math:`c(K) = 1`. The code is
+the float32 bit pattern of :math:`x`, shifted: IEEE-754 bits are a piecewise
+linear :math:`\log_2`, so adding half a code to the bits and shifting rounds to
+the nearest code, with integer operations only. Encoding a block so costs
+about what a float32 Adam step costs, where a codebook search
+(``searchsorted`` over 256 values) costs some 60 times more on a CPU. Values
+arrive in blocks, ``(..., blocks, size)`` float32; codes are ``uint8``, 4-bit
+codes packed two to a byte.
 
-  finer than a linear map near 0 (its smallest step is :math:`1/L^2`, where the
-  moment of a small-gradient coordinate beside a large one lives) and as fine
-  near the top. 0 is a code (``q = 0``), so a zero moment stays exactly 0.
-
+* **Signed** (a first moment :math:`m`): the scale is the block's absolute
+  maximum, stored in bfloat16 (:math:`\beta_1 = 0.9` moves :math:`m` far more
+  than bfloat16 rounds). A code is a sign and a magnitude :math:`k \le K =
+  2^{b-1} - 1`, where :math:`k = 0` is exactly 0: at 8 bits :math:`M = 3`, an
+  e4m3-like grid over 16 octaves (relative error :math:`\le 4.4\%`); at 4 bits
+  :math:`M = 0`, powers of two over 7 octaves.
 * **Unsigned** (a second moment :math:`v`, a running maximum): the map codes
-  :math:`r = \sqrt v`, whose dynamic range is half of :math:`v`'s in octaves,
-  relative to the block's maximum :math:`s = \max r`, as an unsigned minifloat
-  with ``mantissa`` bits and no zero: the top code is :math:`x = r/s = 1`, each
-  octave below has :math:`2^{M}` codes, and code 0 is the smallest value
-  :math:`2^{-(2^b - 1)/2^M}`, not 0. Values below it are rounded up to it, so a
-  non-zero :math:`v` never decodes to 0 (the zero-point problem: a :math:`v`
-  read as 0 makes a step :math:`m/\epsilon`) and never to less than it is by
-  more than the rounding, which only ever shortens a step. The code is the
-  float32 bit pattern of :math:`x`, shifted: IEEE-754 bits are a piecewise
-  linear :math:`\log_2`, so rounding the shifted bits rounds to the nearest
-  minifloat.
+  :math:`r = \sqrt v`, whose dynamic range in octaves is half of :math:`v`'s,
+  over the block's largest :math:`r`, stored in float32 (it is the block's
+  largest element exactly, and :math:`\beta_2 = 0.999` moves it less than
+  bfloat16 resolves). :math:`K = 2^b - 1` and there is no zero: code 0 is
+  :math:`c(0) > 0` (at 8 bits :math:`M = 4`, 16 octaves of :math:`r`; at 4
+  bits :math:`M = 0`, 15 octaves), and smaller values are rounded up to it.
+  So a non-zero :math:`v` never decodes to 0 (the zero-point problem: a
+  :math:`v` read as 0 makes a step :math:`m/\epsilon`), and never to less
+  than it is by more than the rounding: the floor only ever shortens a step.
 """
 
 from __future__ import annotations
@@ -47,68 +42,72 @@ import jax.numpy as jnp
 
 _ONE_BITS = 0x3F800000  # the float32 bit pattern of 1.0
 
-# Mantissa bits of the unsigned minifloat: at 8 bits 32 codes an octave over 8
-# octaves of sqrt(v) (v down to 1.5e-5 of its block's maximum); at 4 bits 2
-# codes an octave over 7.5 octaves. Chosen by the least-squares benchmark of
-# adam_optax.benchmarks.lowbit (docs/low_memory_states.md).
-MANTISSA = {8: 5, 4: 1}
+# Mantissa bits M by (signed, bits), chosen on the least-squares problem of
+# adam_optax.benchmarks.lowbit (docs/low_memory_states.md has the comparison).
+MANTISSA = {(True, 8): 3, (True, 4): 0, (False, 8): 4, (False, 4): 0}
 
 
-def _levels(bits: int) -> int:
-  """:math:`L`, the largest magnitude code of the signed map."""
-  return 2 ** (bits - 1) - 1
+def _top(signed: bool, bits: int) -> int:
+  """:math:`K`, the largest (magnitude) code."""
+  return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
 
 
-def _top(bits: int) -> int:
-  """The largest code of the unsigned map."""
-  return 2**bits - 1
+def _code(x: chex.Array, top: int, mantissa: int) -> chex.Array:
+  """The nearest code ``k`` in ``[0, top]`` of ``x`` in ``[0, 1]`` (int32)."""
+  shift = 23 - mantissa
+  offset = jax.lax.bitcast_convert_type(x, jnp.int32) - _ONE_BITS + (1 << (shift - 1))
+  return jnp.clip((offset >> shift) + top, 0, top)
+
+
+def _value(k: chex.Array, top: int, mantissa: int) -> chex.Array:
+  """The value ``2 ** ((k - top) / 2 ** mantissa)`` of code ``k``, float32."""
+  bits = ((k.astype(jnp.int32) - top) << (23 - mantissa)) + _ONE_BITS
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
 def _safe(scale: chex.Array) -> chex.Array:
-  """The scale, with 1 for all-zero blocks (their values are 0 whatever the scale)."""
-  return jnp.where(scale > 0, scale, 1.0)
+  """The scale as float32, with 1 for all-zero blocks (their values are 0 whatever the scale)."""
+  scale = scale.astype(jnp.float32)
+  return jnp.where(scale > 0, scale, 1.0)[..., None]
 
 
 def encode_signed(blocks: chex.Array, bits: int) -> tuple[chex.Array, chex.Array]:
-  """Codes (``uint8``, two's complement) and bfloat16 scales of the signed map.
+  """Codes (``uint8``: sign and magnitude, two's complement) and bfloat16 scales.
 
   The scale is rounded to bfloat16 first and the block coded against the
   rounded scale, so decoding sees the scale encoding saw.
   """
+  top, mantissa = _top(True, bits), MANTISSA[True, bits]
   scale = jnp.max(jnp.abs(blocks), axis=-1).astype(jnp.bfloat16)
-  x = blocks / _safe(scale.astype(jnp.float32))[..., None]
-  levels = _levels(bits)
-  # A rounded-down scale puts |x| a little over 1: clip to the top code.
-  q = jnp.clip(jnp.round(jnp.sign(x) * jnp.sqrt(jnp.abs(x)) * levels), -levels, levels)
+  x = jnp.abs(blocks) / _safe(scale)  # a rounded-down scale puts x a little over 1: clipped
+  k = _code(x, top, mantissa)
+  # Below half the smallest magnitude, 0 is the nearest code.
+  k = jnp.where(x < _value(jnp.ones([], jnp.int32), top, mantissa) / 2, 0, jnp.maximum(k, 1))
+  q = jnp.where(blocks < 0, -k, k)
   return q.astype(jnp.int8).view(jnp.uint8), scale
 
 
 def decode_signed(codes: chex.Array, scale: chex.Array, bits: int) -> chex.Array:
   """The float32 blocks of codes of :func:`encode_signed` (unpacked)."""
-  q = codes.view(jnp.int8).astype(jnp.float32)
+  q = codes.view(jnp.int8).astype(jnp.int32)
   if bits == 4:  # sign-extend the nibble
     q = jnp.where(q > 7, q - 16, q)
-  y = q / _levels(bits)
-  return jnp.sign(y) * (y * y) * scale.astype(jnp.float32)[..., None]
+  k = jnp.abs(q)
+  magnitude = jnp.where(k > 0, _value(k, _top(True, bits), MANTISSA[True, bits]), 0.0)
+  return jnp.where(q < 0, -magnitude, magnitude) * scale.astype(jnp.float32)[..., None]
 
 
 def encode_unsigned(blocks: chex.Array, bits: int) -> tuple[chex.Array, chex.Array]:
-  """Codes and scales of the zero-free square-root minifloat (values >= 0)."""
+  """Codes and float32 scales of the zero-free square-root map (values >= 0)."""
   root = jnp.sqrt(blocks)
   scale = jnp.max(root, axis=-1)
-  x = root / _safe(scale)[..., None]
-  shift = 23 - MANTISSA[bits]
-  # Adding half a code before the shift rounds to the nearest code.
-  offset = jax.lax.bitcast_convert_type(x, jnp.int32) - _ONE_BITS + (1 << (shift - 1))
-  q = jnp.clip((offset >> shift) + _top(bits), 0, _top(bits))
-  return q.astype(jnp.uint8), scale
+  k = _code(root / _safe(scale), _top(False, bits), MANTISSA[False, bits])
+  return k.astype(jnp.uint8), scale
 
 
 def decode_unsigned(codes: chex.Array, scale: chex.Array, bits: int) -> chex.Array:
   """The float32 blocks of codes of :func:`encode_unsigned` (unpacked)."""
-  shift = 23 - MANTISSA[bits]
-  exponent = (codes.astype(jnp.int32) - _top(bits)) << shift
-  root = jax.lax.bitcast_convert_type(exponent + _ONE_BITS, jnp.float32) * scale[..., None]
+  root = _value(codes, _top(False, bits), MANTISSA[False, bits]) * scale[..., None]
   return root * root
 
 

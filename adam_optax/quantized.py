@@ -144,22 +144,58 @@ def is_quantized(x: Any) -> bool:
   return isinstance(x, QuantizedArray)
 
 
+def _explicit_spec(values: chex.Array) -> tuple[Any, ...] | None:
+  """The partition spec in ``values``' type (``AxisType.Explicit`` meshes), or ``None``."""
+  spec = getattr(jax.typeof(values).sharding, "spec", None)
+  if spec is None or all(axis is None for axis in spec):
+    return None
+  return tuple(spec) + (None,) * (values.ndim - len(spec))
+
+
+def _on_mesh_of(values: chex.Array, *spec: Any) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(
+    jax.typeof(values).sharding.mesh, jax.sharding.PartitionSpec(*spec)
+  )
+
+
 def _blocks(values: chex.Array, shape: tuple[int, ...], block_size: int) -> chex.Array:
-  """``values`` (batch dimensions, then ``shape``) as ``(..., blocks, block_size)``, zero-padded."""
+  """``values`` (batch dimensions, then ``shape``) as ``(..., blocks, block_size)``, zero-padded.
+
+  On an explicitly sharded leaf, the blocks keep the sharding of the leaf's
+  first dimension when each shard holds whole blocks (the shards' row-major
+  slices are then whole blocks); otherwise a block would cross two devices,
+  and the leaf is gathered (replicated) first.
+  """
   lead = values.shape[: values.ndim - len(shape)]
   size = math.prod(shape)
-  flat = values.reshape((*lead, size))
+  spec, flat_sharding, block_sharding = _explicit_spec(values), None, None
+  if spec is not None:
+    first, rest = spec[len(lead)], spec[len(lead) + 1 :]
+    mesh = jax.typeof(values).sharding.mesh
+    names = () if first is None else (first,) if isinstance(first, str) else tuple(first)
+    shards = math.prod(mesh.shape[name] for name in names)
+    if any(spec[: len(lead)]) or any(rest) or (size // max(shards, 1)) % block_size:
+      values = jax.sharding.reshard(values, _on_mesh_of(values))
+    else:
+      flat_sharding = _on_mesh_of(values, *spec[: len(lead)], first)
+      block_sharding = _on_mesh_of(values, *spec[: len(lead)], first, None)
+  flat = values.reshape((*lead, size), out_sharding=flat_sharding)
   padding = -size % block_size
   if padding:
     flat = jnp.pad(flat, [(0, 0)] * len(lead) + [(0, padding)])
-  return flat.reshape((*lead, -1, block_size))
+  return flat.reshape((*lead, -1, block_size), out_sharding=block_sharding)
 
 
 def _unblocks(blocks: chex.Array, shape: tuple[int, ...]) -> chex.Array:
-  """The inverse of :func:`_blocks`."""
+  """The inverse of :func:`_blocks` (on sharded blocks, sharded on the first dimension)."""
   lead = blocks.shape[:-2]
-  flat = blocks.reshape((*lead, -1))[..., : math.prod(shape)]
-  return flat.reshape((*lead, *shape))
+  spec = _explicit_spec(blocks)
+  flat_sharding = None if spec is None else _on_mesh_of(blocks, *spec[:-1])
+  leaf_sharding = (
+    None if spec is None else _on_mesh_of(blocks, *spec[:-1], *(None,) * (len(shape) - 1))
+  )
+  flat = blocks.reshape((*lead, -1), out_sharding=flat_sharding)[..., : math.prod(shape)]
+  return flat.reshape((*lead, *shape), out_sharding=leaf_sharding)
 
 
 def _quantize(

@@ -65,24 +65,25 @@ def _value(k: chex.Array, top: int, mantissa: int) -> chex.Array:
   return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
-def _safe(scale: chex.Array) -> chex.Array:
-  """The scale as float32, with 1 for all-zero blocks (their values are 0 whatever the scale)."""
+def _inverse(scale: chex.Array) -> chex.Array:
+  """``1 / scale`` as float32, with 1 for all-zero blocks (their values are 0 whatever the scale).
+
+  Values are multiplied by it, which is cheaper than dividing each by the scale.
+  """
   scale = scale.astype(jnp.float32)
-  return jnp.where(scale > 0, scale, 1.0)[..., None]
+  return jnp.where(scale > 0, 1.0 / scale, 1.0)[..., None]
 
 
 def encode_signed(blocks: chex.Array, bits: int) -> tuple[chex.Array, chex.Array]:
   """Codes (``uint8``: sign and magnitude, two's complement) and bfloat16 scales.
 
   The scale is rounded to bfloat16 first and the block coded against the
-  rounded scale, so decoding sees the scale encoding saw.
+  rounded scale, so decoding sees the scale encoding saw. Magnitude code 0
+  is 0: magnitudes below :math:`c(1)` minus half a code are stored as 0.
   """
   top, mantissa = _top(True, bits), MANTISSA[True, bits]
   scale = jnp.max(jnp.abs(blocks), axis=-1).astype(jnp.bfloat16)
-  x = jnp.abs(blocks) / _safe(scale)  # a rounded-down scale puts x a little over 1: clipped
-  k = _code(x, top, mantissa)
-  # Below half the smallest magnitude, 0 is the nearest code.
-  k = jnp.where(x < _value(jnp.ones([], jnp.int32), top, mantissa) / 2, 0, jnp.maximum(k, 1))
+  k = _code(jnp.abs(blocks) * _inverse(scale), top, mantissa)  # over 1 (rounded scale): clipped
   q = jnp.where(blocks < 0, -k, k)
   return q.astype(jnp.int8).view(jnp.uint8), scale
 
@@ -101,7 +102,7 @@ def encode_unsigned(blocks: chex.Array, bits: int) -> tuple[chex.Array, chex.Arr
   """Codes and float32 scales of the zero-free square-root map (values >= 0)."""
   root = jnp.sqrt(blocks)
   scale = jnp.max(root, axis=-1)
-  k = _code(root / _safe(scale), _top(False, bits), MANTISSA[False, bits])
+  k = _code(root * _inverse(scale), _top(False, bits), MANTISSA[False, bits])
   return k.astype(jnp.uint8), scale
 
 

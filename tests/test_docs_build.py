@@ -19,7 +19,14 @@ import adam_optax as ao
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-FIGURES = ["bias_correction", "ema_weights", "scale_invariance", "snr_annealing", "step_size"]
+FIGURES = [
+  "bias_correction",
+  "ema_weights",
+  "scale_invariance",
+  "snr_annealing",
+  "step_size",
+  "zero_point",
+]
 
 
 def _python_blocks(page: pathlib.Path) -> list[str]:

@@ -143,8 +143,14 @@ def test_eight_bit_converges_like_float32() -> None:
   assert abs(ours / reference - 1) <= 0.005
 
 
-def test_four_bit_deviates_from_float32_less_than_torchao_4bit() -> None:
+def test_four_bit_deviates_from_float32_less_than_torchao_4bit(
+  monkeypatch: pytest.MonkeyPatch,
+) -> None:
+  torch = pytest.importorskip("torch")
   pytest.importorskip("torchao")
+  # torchao compiles its step with torch.compile; eagerly the same operations give
+  # the same losses to the bit (9.8748 on this seed) without 40 s of compiling.
+  monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
   problem = lowbit.least_squares(0)
   ours = lowbit.final_loss(_low_bit(4), problem) / lowbit.final_loss(
     ao.adam(lowbit.LEARNING_RATE), problem
@@ -312,9 +318,7 @@ def test_gradients_of_the_wrong_shape_name_the_path() -> None:
 _SHARDED = textwrap.dedent(
   """
   import json, jax, jax.numpy as jnp, numpy as np, optax, adam_optax as ao
-  import sys
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-  mesh = jax.make_mesh((8,), ("data",), axis_types=(getattr(AxisType, sys.argv[1]),))
   fmt = ao.Quantized(8)
   tx = ao.adam(1e-2, mu_dtype=fmt, nu_dtype=fmt)
   # (64, 512): each device holds 8 rows, 16 whole blocks; (8, 600): each holds
@@ -328,23 +332,25 @@ _SHARDED = textwrap.dedent(
       p = optax.apply_updates(p, u)
     return p, s
   single = jax.jit(steps)(params, tx.init(params))
-  sharded = jax.device_put(params, NamedSharding(mesh, P("data", None)))
-  state = tx.init(sharded)
-  out = jax.jit(steps)(sharded, state)
-  codes = {k: str(state[0].mu[k].codes.sharding.spec) for k in shapes}
-  pairs = zip(jax.tree.leaves(out), jax.tree.leaves(single))
-  same = all(bool(np.array_equal(a, b)) for a, b in pairs)
-  print(json.dumps({"codes": codes, "same": same}))
+  results = {}
+  for axis_type in ("Explicit", "Auto"):
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(getattr(AxisType, axis_type),))
+    sharded = jax.device_put(params, NamedSharding(mesh, P("data", None)))
+    state = tx.init(sharded)
+    out = jax.jit(steps)(sharded, state)
+    codes = {k: str(state[0].mu[k].codes.sharding.spec) for k in shapes}
+    pairs = zip(jax.tree.leaves(out), jax.tree.leaves(single))
+    same = all(bool(np.array_equal(a, b)) for a, b in pairs)
+    results[axis_type] = {"codes": codes, "same": same}
+  print(json.dumps(results))
   """
 )
 
 
-@pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
-def test_sharded_states_equal_single_device_states(axis_type: str) -> None:
-  run = run_python(
-    ["-c", _SHARDED, axis_type], xla_flags="--xla_force_host_platform_device_count=8"
-  )
+def test_sharded_states_equal_single_device_states() -> None:
+  run = run_python(["-c", _SHARDED], xla_flags="--xla_force_host_platform_device_count=8")
   assert run.returncode == 0, run.stderr[-3000:]
-  result = json.loads(run.stdout.strip().splitlines()[-1])
-  assert result["same"], result
-  assert result["codes"]["aligned"].startswith("P('data'"), result  # whole blocks per device
+  results = json.loads(run.stdout.strip().splitlines()[-1])
+  for result in results.values():  # explicit and automatic axes
+    assert result["same"], results
+    assert result["codes"]["aligned"].startswith("P('data'"), results  # whole blocks per device

@@ -179,6 +179,32 @@ def test_state_layout_and_reading_it_back(fmt: ao.Quantized) -> None:
   np.testing.assert_allclose(mu["w"], 0.1 * g["w"], rtol=0.5 if fmt.bits == 4 else 0.07, atol=atol)
 
 
+OPTIMIZERS = {
+  "scale_by_moments": lambda f: optax.chain(
+    ao.scale_by_moments(mu_dtype=f, nu_dtype=f),
+    ao.bias_correct(),
+    ao.normalize(),
+    ao.scale_by_lr(1e-2),
+  ),
+  "adamw": lambda f: ao.adamw(1e-2, mu_dtype=f, nu_dtype=f),
+  "nadam": lambda f: ao.nadam(1e-2, mu_dtype=f, nu_dtype=f),
+  "amsgrad": lambda f: ao.amsgrad(1e-2, mu_dtype=f, nu_dtype=f),
+}
+
+
+@pytest.mark.parametrize("make", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+def test_every_optimizer_takes_quantized_moments(make: Any) -> None:
+  fmt = ao.Quantized(4)
+  params, grads = _params(), _grads(3)
+  quantized_run = _train(make(fmt), params, make(fmt).init(params), grads)
+  float_run = _train(make(None), params, make(None).init(params), grads)
+  stored = jax.tree.leaves(quantized_run[1], is_leaf=quantized.is_quantized)
+  assert any(quantized.is_quantized(x) for x in stored)
+  # Three steps of about lr each: the params move as float32 Adam's do, within a step.
+  for a, b in zip(jax.tree.leaves(quantized_run[0]), jax.tree.leaves(float_run[0]), strict=True):
+    assert float(jnp.max(jnp.abs(a - b))) < 0.02
+
+
 @pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
 def test_jit_does_not_recompile_and_matches_eager(fmt: ao.Quantized) -> None:
   tx = _both(fmt)

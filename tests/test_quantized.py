@@ -380,3 +380,12 @@ def test_sharded_states_equal_single_device_states() -> None:
   for result in results.values():  # explicit and automatic axes
     assert result["same"], results
     assert result["codes"]["aligned"].startswith("P('data'"), results  # whole blocks per device
+
+
+def test_states_command_reports_bad_flags_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+  from adam_optax import cli
+
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["states", "--size", "0"])
+  assert exit_info.value.code == 2
+  assert "--size" in capsys.readouterr().err

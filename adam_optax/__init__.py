@@ -8,6 +8,7 @@ from adam_optax.lr import scale_by_lr
 from adam_optax.moments import Moments, MomentsState, scale_by_infinity_moments, scale_by_moments
 from adam_optax.normalize import normalize
 from adam_optax.optimizers import adam, adamax, adamw, amsgrad, nadam, nadamw
+from adam_optax.quantized import Quantized, dequantize
 from adam_optax.running_max import RunningMaxState, running_max
 from adam_optax.sharding import zero1_shardings
 
@@ -20,6 +21,7 @@ __all__ = [
   "Layout",
   "Moments",
   "MomentsState",
+  "Quantized",
   "RunningMaxState",
   "adam",
   "adamax",
@@ -28,6 +30,7 @@ __all__ = [
   "average_params",
   "averaged_params",
   "bias_correct",
+  "dequantize",
   "diagnose",
   "diagnostics",
   "flat_train_step",

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from adam_optax.quantized import Quantized, is_quantized
+
 
 def _is_concrete(value: Any) -> bool:
   return isinstance(value, numbers.Real)
@@ -59,9 +61,10 @@ def check_inexact_dtype(name: str, dtype: DTypeLike | None) -> None:
     )
 
 
-def check_storage(name: str, storage: DTypeLike | None) -> None:
-  """Checks a moment's storage format: ``None`` or a floating or complex dtype."""
-  check_inexact_dtype(name, storage)
+def check_storage(name: str, storage: DTypeLike | Quantized | None) -> None:
+  """Checks a moment's storage format: ``None``, a floating or complex dtype, or a ``Quantized``."""
+  if not isinstance(storage, Quantized):
+    check_inexact_dtype(name, storage)
 
 
 def check_params(piece: str, params: Any) -> None:
@@ -137,7 +140,7 @@ def check_gradients(piece: str, updates: Any, reference: Any) -> None:
     TypeError: naming the first path whose gradient is not floating/complex.
   """
   got, got_def = jax.tree_util.tree_flatten_with_path(updates)
-  want, want_def = jax.tree_util.tree_flatten_with_path(reference)
+  want, want_def = jax.tree_util.tree_flatten_with_path(reference, is_leaf=is_quantized)
   if got_def != want_def:
     mismatch = _first_mismatch(updates, reference) or f"{got_def} != {want_def}"
     raise ValueError(
@@ -145,10 +148,11 @@ def check_gradients(piece: str, updates: Any, reference: Any) -> None:
       f"the params given to init): {mismatch}."
     )
   for (path, g), (_, w) in zip(got, want, strict=True):
-    if jnp.shape(g) != jnp.shape(w):
+    want_shape = w.shape if is_quantized(w) else jnp.shape(w)
+    if jnp.shape(g) != want_shape:
       raise ValueError(
         f"{piece}: the gradient at {_path_str(path)} has shape {jnp.shape(g)} "
-        f"but the optimizer state expects {jnp.shape(w)}."
+        f"but the optimizer state expects {want_shape}."
       )
     if not jnp.issubdtype(jnp.result_type(g), jnp.inexact):
       raise TypeError(

@@ -23,6 +23,7 @@ _SUBCOMMANDS = {
     "train the paper's problems with Adam and other optimizers; write results",
   ),
   "bench": ("adam_optax.bench", "time one Adam step against optax.adam and the roofline"),
+  "states": ("adam_optax.benchmarks.lowbit", "8-bit and 4-bit moments: memory, loss and speed"),
 }
 
 

@@ -69,7 +69,7 @@ def running_max(*, nu_dtype: DTypeLike | None = None) -> optax.GradientTransform
     moments = require_moments("ao.running_max", updates)
     nu_max = jax.tree.map(jnp.maximum, _precision.upcast(state.nu_max), moments.nu)
     new_state = RunningMaxState(nu_max=_precision.cast_like(nu_max, state.nu_max))
-    dtypes = jax.tree.map(jnp.result_type, moments.dtypes, state.nu_max)
+    dtypes = jax.tree.map(lambda d, m: jnp.result_type(d, m.dtype), moments.dtypes, state.nu_max)
     return dataclasses.replace(moments, nu=nu_max, dtypes=dtypes), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)

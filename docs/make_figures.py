@@ -222,7 +222,38 @@ def scale_invariance() -> plt.Figure:
   return fig
 
 
+def zero_point() -> plt.Figure:
+  """A small v beside a large one in its block: a map with a zero code reads it as 0."""
+  small = np.logspace(-12, 3, 400)
+  v = np.full((small.size, 256), 1e3)
+  v[:, 1] = small  # one block per row: its maximum 1e3 and one smaller v
+  decoded = {}
+  for bits in (8, 4):
+    nu = jnp.asarray(v.reshape(-1), jnp.float32)
+    tx = ao.scale_by_moments(b1=0.0, b2=0.0, nu_dtype=ao.Quantized(bits, min_size=0))
+    _, state = tx.update(jnp.sqrt(nu), tx.init(nu))  # b2 = 0: v_1 = g^2 exactly
+    decoded[f"ao.Quantized({bits})"] = np.asarray(ao.dequantize(state.nu)).reshape(v.shape)[:, 1]
+  # absmax scaling with a linear 8-bit map (0 is a code), as in int8 quantization
+  decoded["linear 8-bit map with 0"] = np.round(small / 1e3 * 255) / 255 * 1e3
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  eps, lr = 1e-8, 1e-3
+  for i, (name, read) in enumerate(decoded.items()):
+    axes[0].loglog(small, np.maximum(read, 1e-14), color=f"C{i}", label=name)
+    # A coordinate with |m| = sqrt(v) (signal-to-noise ratio 1) steps lr when v is read exactly.
+    axes[1].loglog(small, lr * np.sqrt(small) / (np.sqrt(read) + eps), color=f"C{i}", label=name)
+  axes[0].loglog(small, small, "k:", label="exact")
+  axes[1].axhline(lr, color="k", ls=":", label="exact: lr")
+  axes[0].set(
+    xlabel="$v$ beside $v = 10^3$ in its block", ylabel="decoded $v$ (0 drawn at $10^{-14}$)"
+  )
+  axes[1].set(xlabel="$v$ beside $v = 10^3$ in its block", ylabel=r"step $|\Delta|$, lr $=10^{-3}$")
+  axes[0].legend(fontsize=8)
+  axes[1].legend(fontsize=8)
+  return fig
+
+
 FIGURES = {
+  "zero_point": zero_point,
   "ema_weights": ema_weights,
   "bias_correction": bias_correction,
   "step_size": step_size,

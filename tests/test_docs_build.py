@@ -22,7 +22,14 @@ import adam_optax as ao
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-FIGURES = ["bias_correction", "ema_weights", "scale_invariance", "snr_annealing", "step_size"]
+FIGURES = [
+  "bias_correction",
+  "ema_weights",
+  "scale_invariance",
+  "snr_annealing",
+  "step_size",
+  "zero_point",
+]
 NOTEBOOKS = sorted(path.stem for path in (ROOT / "notebooks").glob("*.ipynb"))
 
 

@@ -562,3 +562,19 @@ def test_diagnostics_add_no_param_sized_work_or_memory_to_the_step(name: str) ->
   cost_off, cost_on = (c[0] if isinstance(c, list) else c for c in (cost_off, cost_on))
   assert cost_on["bytes accessed"] - cost_off["bytes accessed"] < 1024  # vs 4 MiB of params
   assert on.memory_analysis().temp_size_in_bytes == off.memory_analysis().temp_size_in_bytes
+
+
+def test_reader_works_on_an_orbax_checkpoint_restored_without_a_target(tmp_path: Path) -> None:
+  """orbax turns the NamedTuples into dicts and the tuples into lists: found by field name."""
+  import orbax.checkpoint as ocp
+
+  from adam_optax.checkpoint import save_checkpoint
+
+  state = _trained(ao.amsgrad(0.1, diagnostics=True))
+  save_checkpoint(tmp_path / "ckpt", state)
+  restored = ocp.StandardCheckpointer().restore(tmp_path / "ckpt")
+  assert not isinstance(restored, tuple)
+  expected = jax.jit(diagnostics)(state)
+  got = jax.jit(diagnostics)(restored)
+  for key in READINGS:
+    np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(expected[key]), err_msg=key)

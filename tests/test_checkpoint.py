@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import pathlib
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from matrix import NAMES, WITH_STORAGE, ours
 
 import adam_optax as ao
 from adam_optax.checkpoint import restore_checkpoint, save_checkpoint
@@ -59,10 +61,19 @@ def _snapshot(directory: pathlib.Path) -> dict[str, str]:
   }
 
 
+def _diagnosed(name: str) -> Callable[[], optax.GradientTransformation]:
+  """The optimizer with diagnostics on; where it takes one, a float32 second moment."""
+  storage = {"nu_dtype": jnp.float32} if name in WITH_STORAGE else {}
+  return lambda: ours(name, 1e-2, **storage, diagnostics=True)
+
+
 OPTIMIZERS = {  # (optimizer, dtype of the bias)
-  # bfloat16 params, float32 second moment: dtypes must survive the round trip.
-  "adam_mixed_dtypes": (lambda: ao.adam(1e-2, nu_dtype=jnp.float32), jnp.bfloat16),
-  "amsgrad": (lambda: ao.amsgrad(1e-2, nu_dtype=jnp.float32), jnp.bfloat16),
+  # Every optimizer of the matrix, with bfloat16 biases beside a float32 second
+  # moment where it takes nu_dtype: dtypes must survive the round trip.
+  **{
+    name: (_diagnosed(name), jnp.bfloat16 if name in WITH_STORAGE else jnp.float32)
+    for name in NAMES
+  },
   # NamedTuple states nested three deep, a dict of hyper-parameters, flags.
   # (float32 only: optax.inject_hyperparams gives bfloat16 leaves of a mixed
   # tree float32 updates, which optax.apply_if_finite refuses.)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 from pathlib import Path
 
@@ -160,3 +161,14 @@ def test_sparse_logistic_regression_has_a_sparse_gradient() -> None:
   grads = jax.grad(loss)(params)
   touched = np.flatnonzero(np.abs(np.asarray(grads["kernel"][...])).sum(axis=1))
   assert set(touched.tolist()) <= {3, 7, 9}
+
+
+def test_compare_trains_on_a_users_idx_files(tmp_path: Path) -> None:
+  folder = tmp_path / "mnist"
+  folder.mkdir()
+  _write_idx(folder, gz=True)
+  flags = ["--quick", "--problems", "logreg", "--steps", "10", "--seeds", "1"]
+  assert cli.main(["compare", *flags, "--data", str(folder), "--out", str(tmp_path / "out")]) == 0
+  payload = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert payload["differences"]["logreg"][0].startswith(f"data: IDX files in {folder}")
+  assert all(r["final_train_loss"] is not None for r in payload["runs"])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import pytest
+from flax import nnx
 
 import adam_optax as ao
 from adam_optax import cli
@@ -106,3 +108,17 @@ def test_low_bit_states_train_the_adam_family(tmp_path: Path, states: str) -> No
   runs = json.loads((tmp_path / "results.json").read_text())["runs"]
   assert {r["states"] for r in runs} == {states}
   assert all(r["final_train_loss"] is not None for r in runs)
+
+
+@pytest.mark.parametrize("name", list(PROBLEMS))
+def test_every_problem_builds_at_the_papers_scale(name: str) -> None:
+  # Shapes only (no compilation): the paper's sizes on MNIST (and CIFAR-10 for the CNN).
+  shape = (32, 32, 3) if name == "cnn" else (10_000,) if name == "bow" else (28, 28, 1)
+  classes = 2 if name == "bow" else 10
+  problem = PROBLEMS[name].bind(shape, classes, paper_scale=True)
+  params = nnx.state(nnx.eval_shape(lambda: problem.make_model(nnx.Rngs(0))))
+  sizes = dict(problem.paper_sizes)
+  count = sum(leaf.size for leaf in jax.tree.leaves(params))
+  assert count >= sizes.get("hidden", 1) * 10
+  assert problem.default_steps(50_000) == problem.paper_epochs * 391
+  assert problem.differences(problem.default_steps(50_000), 50_000) == list(problem.notes)

@@ -36,11 +36,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 import adam_optax as ao
 from adam_optax.experiments import (
-  bow,
   data,
   diagnostics,
   flags,
@@ -48,10 +45,12 @@ from adam_optax.experiments import (
   optimizers,
   plots,
   report,
+  sources,
   train,
   verdicts,
 )
 from adam_optax.experiments.problems import PROBLEMS, Problem
+from adam_optax.experiments.progress import Progress
 
 DEFAULT_SEEDS = 2
 DEFAULT_OUT = Path("runs/compare")
@@ -219,53 +218,6 @@ def _program(
   return Program(problem, instrumented, grid, steps, True, args.states, widenings)
 
 
-def _user_data(args: argparse.Namespace) -> dict[str, data.Dataset | None]:
-  """The data sets found in ``--data``, by kind: ``"images"``, ``"cifar"``, ``"bow"``."""
-  folder = args.data
-  if folder is None:
-    return {}
-  if not folder.is_dir():
-    raise loaders.DataError(folder, "not a folder")
-  kinds = {PROBLEMS[name].data for name in args.problems}
-  found = {
-    "images": loaders.load_idx(folder),
-    "cifar": loaders.load_cifar10(folder) if "cnn" in kinds else None,
-    "bow": loaders.load_bag_of_words(folder) if "bow" in kinds else None,
-  }
-  if not any(found.values()):
-    raise loaders.DataError(folder, "holds no IDX, CIFAR-10 or svmlight files (see --help)")
-  return found
-
-
-def load_datasets(args: argparse.Namespace) -> dict[str, data.Dataset]:
-  """The data each chosen problem trains on, by problem name.
-
-  ``--data`` first (CIFAR-10 before IDX images for the CNN), then the
-  bundled images that ``--dataset`` names, or by default each problem's
-  :attr:`~Problem.bundled` (MNIST for all at ``--paper-scale``; the digits
-  for all with ``--quick``); the bag of words is synthetic unless given.
-
-  Raises:
-    loaders.DataError: when a file of ``--data`` is missing a part or malformed.
-  """
-  user = _user_data(args)
-  bundled = {"mnist": data.load_mnist, "digits": data.load_digits}
-  loaded: dict[str, data.Dataset] = {}
-  out: dict[str, data.Dataset] = {}
-  for problem in (PROBLEMS[name] for name in args.problems):
-    if problem.data == "bow":
-      chosen = user.get("bow") or loaded.get("bow") or bow.synthetic_reviews()
-      loaded["bow"] = chosen
-    else:
-      chosen = (user.get("cifar") if problem.data == "cnn" else None) or user.get("images")
-    if chosen is None:
-      default = "digits" if args.quick else "mnist" if args.paper_scale else problem.bundled
-      name = args.dataset or default
-      chosen = loaded[name] = loaded.get(name) or bundled[name]()
-    out[problem.name] = chosen
-  return out
-
-
 def plan(args: argparse.Namespace, datasets: dict[str, data.Dataset]) -> list[Program]:
   """The programs that the flags ask for, in order."""
   programs = []
@@ -313,54 +265,6 @@ def _widened(program: Program, records: list[report.Record]) -> Program | None:
   return dataclasses.replace(program, grid=grid, widenings=program.widenings - 1)
 
 
-class _Progress:
-  """A progress bar in floating-point operations, naming the programs being trained."""
-
-  def __init__(self, datasets: dict[str, data.Dataset]) -> None:
-    self.datasets = datasets
-    self.flops: dict[str, float] = {}
-    self.running: dict[int, str] = {}
-    self.lock = threading.Lock()
-    self.bar = tqdm(
-      total=0.0,
-      file=sys.stderr,
-      dynamic_ncols=True,
-      bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} GFLOP [{elapsed}<{remaining}]",
-    )
-
-  def cost(self, program: Program) -> float:
-    """The program's work in GFLOP: runs x steps x one run's step."""
-    name = program.problem.name
-    if name not in self.flops:
-      dataset = self.datasets[name]
-      self.flops[name] = train.step_flops(program.problem, dataset)
-    return program.grid.size * program.steps * self.flops[name] / 1e9
-
-  def add(self, program: Program) -> None:
-    """Counts ``program``'s work in the total."""
-    with self.lock:
-      self.bar.total += self.cost(program)
-      self.bar.refresh()
-
-  def start(self, key: int, program: Program) -> None:
-    """Names ``program`` in the bar while it trains."""
-    with self.lock:
-      self.running[key] = f"{program.problem.name}/{program.optimizer.name}"
-      self.bar.set_description(", ".join(self.running.values()), refresh=True)
-
-  def finish(self, key: int) -> None:
-    """Stops naming the program ``key``."""
-    with self.lock:
-      self.running.pop(key, None)
-      self.bar.set_description(", ".join(self.running.values()), refresh=True)
-
-  def advance(self, program: Program, steps: int) -> None:
-    """Adds ``steps`` steps of ``program``'s runs to the bar."""
-    with self.lock:  # never past the total, whatever the rounding
-      work = self.cost(program) * steps / program.steps
-      self.bar.update(min(work, self.bar.total - self.bar.n))
-
-
 def train_all(
   programs: list[Program], datasets: dict[str, data.Dataset], *, workers: int = WORKERS
 ) -> list[report.Record]:
@@ -376,9 +280,9 @@ def train_all(
   after their current chunk, and the exception propagates.
   """
   stop = threading.Event()
-  progress = _Progress(datasets)
+  progress = Progress(datasets)
   results: dict[tuple[int, int], list[report.Record]] = {}
-  with progress.bar, concurrent.futures.ThreadPoolExecutor(workers) as pool:
+  with progress, concurrent.futures.ThreadPoolExecutor(workers) as pool:
     pending: set[concurrent.futures.Future] = set()
 
     def one(program: Program, order: tuple[int, int], earlier: list[report.Record]) -> None:
@@ -391,7 +295,7 @@ def train_all(
       def advance() -> None:
         if stop.is_set():
           raise KeyboardInterrupt
-        progress.advance(program, chunk_steps)
+        progress.advance(key, program, chunk_steps)
 
       try:
         records = program.train(datasets[program.problem.name], advance)
@@ -508,7 +412,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   if args.states != "float32" and getattr(ao, "Quantized", None) is None:
     parser.error(_flag_error(args, []) or "")
   try:
-    datasets = load_datasets(args)
+    datasets = sources.load_datasets(args)
   except loaders.DataError as error:
     parser.error(f"--data: {error}")
   programs = plan(args, datasets)

@@ -98,9 +98,9 @@ class Diagnosed:
   def __call__(
     self, *, average_beta: chex.Numeric, **hyperparams: chex.Numeric
   ) -> optax.GradientTransformation:
-    """``chain(factory(**hyperparams, diagnostics=True), ao.average_params(average_beta))``."""
+    """``chain(factory(**hyperparams, diagnostics=True), ao.average_params(beta=...))``."""
     return optax.chain(
-      self.factory(**hyperparams, diagnostics=True), ao.average_params(average_beta)
+      self.factory(**hyperparams, diagnostics=True), ao.average_params(beta=average_beta)
     )
 
 

@@ -184,7 +184,7 @@ def adam_without_bias_correction(
   if diagnostics:
     direction = ao.diagnose(direction, learning_rate=learning_rate, mu=False, nu=False)
   moments = ao.scale_by_moments(b1=b1, b2=b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
-  return optax.chain(moments, direction, ao.scale_by_lr(learning_rate))
+  return optax.chain(moments, direction, ao.scale_by_lr(learning_rate=learning_rate))
 
 
 def injected(

@@ -172,3 +172,16 @@ def test_compare_trains_on_a_users_idx_files(tmp_path: Path) -> None:
   payload = json.loads((tmp_path / "out" / "results.json").read_text())
   assert payload["differences"]["logreg"][0].startswith(f"data: IDX files in {folder}")
   assert all(r["final_train_loss"] is not None for r in payload["runs"])
+
+
+def test_imdb_layout_binarizes_ratings_and_keeps_one_vocabulary(tmp_path: Path) -> None:
+  for part, ratings in (("train", [1, 2, 8, 9, 10, 3]), ("test", [7, 4])):
+    (tmp_path / part).mkdir()
+    lines = [f"{r} 0:{r} {r + 2}:1" for r in ratings]
+    (tmp_path / part / "labeledBow.feat").write_text("\n".join(lines) + "\n")
+  dataset = loaders.load_bag_of_words(tmp_path)
+  assert dataset is not None
+  assert dataset.y_train.tolist() == [0, 0, 1, 1, 1, 0]  # ratings of 7 and more are positive
+  assert dataset.y_test.tolist() == [1, 0]
+  assert dataset.input_shape == (13,)  # words 0..12 seen in training
+  assert "IMDB bag of words" in dataset.source

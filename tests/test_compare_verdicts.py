@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import pytest
 from flax import nnx
 
@@ -122,3 +123,22 @@ def test_every_problem_builds_at_the_papers_scale(name: str) -> None:
   assert count >= sizes.get("hidden", 1) * 10
   assert problem.default_steps(50_000) == problem.paper_epochs * 391
   assert problem.differences(problem.default_steps(50_000), 50_000) == list(problem.notes)
+
+
+def test_low_bit_states_reach_the_adam_family_only(
+  tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+  # A stand-in for ao.Quantized (a plain storage dtype) checks the wiring before it lands.
+  asked = []
+
+  def quantized(bits: int) -> object:
+    asked.append(bits)
+    return jnp.float32
+
+  monkeypatch.setattr(ao, "Quantized", quantized, raising=False)
+  flags = ["--quick", "--problems", "logreg", "--optimizers", "adam,sgd_nesterov"]
+  flags += ["--steps", "10", "--seeds", "1", "--states", "4bit", "--out", str(tmp_path)]
+  assert cli.main(["compare", *flags]) == 0
+  assert asked == [4]  # once, for Adam; SGD keeps its own state
+  runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+  assert {r["states"] for r in runs} == {"4bit"}

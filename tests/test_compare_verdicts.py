@@ -12,7 +12,7 @@ from flax import nnx
 
 import adam_optax as ao
 from adam_optax import cli
-from adam_optax.experiments import compare, optimizers, train, verdicts
+from adam_optax.experiments import optimizers, programs, train, verdicts
 from adam_optax.experiments.problems import PROBLEMS
 
 
@@ -66,14 +66,14 @@ def test_a_claim_is_left_out_when_its_optimizers_did_not_run() -> None:
 def test_a_best_learning_rate_at_the_edge_widens_the_grid_then_is_flagged() -> None:
   logreg = PROBLEMS["logreg"].bind((8, 8, 1), 10, paper_scale=False)
   grid = train.make_grid([0, 1], learning_rate=(0.1, 0.316))
-  program = compare.Program(logreg, optimizers.OPTIMIZERS["adam"], grid, 10, widenings=1)
+  program = programs.Program(logreg, optimizers.OPTIMIZERS["adam"], grid, 10, widenings=1)
   records = _records({"adam": [0.2, 0.3]}, lrs=(0.1, 0.316))
-  wider = compare._widened(program, records)
+  wider = programs.widened(program, records)
   assert wider is not None
   assert sorted(set(wider.grid.hyperparams["learning_rate"].tolist())) == pytest.approx([1.0, 3.16])
   assert wider.grid.seeds.tolist() == [0, 0, 1, 1]
   assert wider.widenings == 0
-  assert compare._widened(wider, records) is None
+  assert programs.widened(wider, records) is None
   (judged,) = verdicts.verdicts(
     _records({"adam": [0.1], "sgd_nesterov": [0.1], "adagrad": [0.2]}, lrs=(0.1, 0.316))
   )

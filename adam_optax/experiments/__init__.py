@@ -24,6 +24,10 @@ Used by ``adam-optax compare`` and by the notebooks, so both run the same code:
 * :mod:`~adam_optax.experiments.diagnostics`: what ``--diagnostics`` records
   (the SNR and the step size against its bounds) and evaluates (the averaged
   parameters);
-* :mod:`~adam_optax.experiments.flags` and
-  :mod:`~adam_optax.experiments.compare`: the ``compare`` subcommand.
+* :mod:`~adam_optax.experiments.sources`,
+  :mod:`~adam_optax.experiments.programs`,
+  :mod:`~adam_optax.experiments.progress`,
+  :mod:`~adam_optax.experiments.flags` and
+  :mod:`~adam_optax.experiments.compare`: the ``compare`` subcommand (which
+  data, which programs, the progress bar, the flags, the run).
 """

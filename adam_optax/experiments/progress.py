@@ -58,7 +58,7 @@ class Progress:
     return program.grid.size * program.steps * self.flops[name] / 1e9
 
   def add(self, program: Any) -> None:
-    """Counts ``program``'s work (a ``compare.Program``) in the total."""
+    """Counts the work of ``program`` (a ``programs.Program``) in the total."""
     with self.lock:
       self.bar.total += self._training(program) + PROGRAM_OVERHEAD
       self.bar.refresh()

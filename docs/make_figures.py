@@ -13,6 +13,7 @@ from __future__ import annotations
 import pathlib
 import sys
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,11 +32,22 @@ TINY_EPS = 1e-30  # epsilon -> 0, without 0/0 before a sparse gradient first arr
 GradFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
+class _Moments(NamedTuple):
+  mu: jax.Array
+  nu: jax.Array
+
+
 def run(tx: optax.GradientTransformation, grads: jax.Array) -> jax.Array:
-  """Feeds ``grads[t]`` to ``tx`` for every ``t``; returns what it emits at each step."""
+  """Feeds ``grads[t]`` to ``tx`` for every ``t``; returns what it emits at each step.
+
+  ``ao.Moments`` lives only inside an update (it is not a pytree), so a chain that
+  ends with moments hands on their ``mu`` and ``nu``.
+  """
 
   def step(state, grad):
     out, state = tx.update(grad, state)
+    if isinstance(out, ao.Moments):
+      out = _Moments(out.mu, out.nu)
     return state, out
 
   return jax.lax.scan(step, tx.init(grads[0]), grads)[1]

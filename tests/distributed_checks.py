@@ -183,7 +183,9 @@ def zero1_layout(tx: optax.GradientTransformation, params: Any, mesh: Any) -> di
   """ZeRO-1 on ``mesh``: params (arrays or abstract) as laid out, the state split over 'data'."""
   state_shardings = zero1_shardings(jax.eval_shape(tx.init, params), mesh)
   return {
-    "grads": optax.tree_utils.tree_get(state_shardings, "mu"),
+    # Each device takes the slice of the gradient its moments' slice needs. The split
+    # of a params-shaped tree (a quantized mu holds codes and scales, not that shape).
+    "grads": zero1_shardings(jax.eval_shape(lambda p: p, params), mesh),
     "out": (jax.tree.map(lambda p: p.sharding, params), state_shardings),
   }
 

@@ -15,12 +15,14 @@ from adam_optax.diagnosis import diagnostics as read_diagnostics
 from adam_optax.experiments import diagnostics, optimizers, report
 
 STEPS = 20
-FLAGS = ["--problems", "logreg", "--optimizers", "adam,sgd_nesterov", "--steps", str(STEPS)]
-FLAGS += ["--seeds", "1"]
+FLAGS = ["--quick", "--problems", "logreg", "--optimizers", "adam,sgd_nesterov"]
+FLAGS += ["--steps", str(STEPS), "--seeds", "1"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The record of a run without --diagnostics (and of a baseline optimizer with it).
 PLAIN_KEYS = {
   "problem",
+  "diagnostics",
+  "states",
   "optimizer",
   "seed",
   "learning_rate",
@@ -51,23 +53,28 @@ def test_diagnostics_record_curves_bounds_and_averaging_and_change_nothing_else(
   # Both runs in one test: the second is the reference the first is compared with.
   assert _compare(tmp_path / "watched", "--diagnostics") == 0
   assert _compare(tmp_path / "plain") == 0
-  watched = json.loads((tmp_path / "watched" / "results.json").read_text())
-  plain = json.loads((tmp_path / "plain" / "results.json").read_text())
-  assert len(watched) == len(plain) == 6  # 2 optimizers x 3 learning rates x 1 seed
+  watched = json.loads((tmp_path / "watched" / "results.json").read_text())["runs"]
+  plain = json.loads((tmp_path / "plain" / "results.json").read_text())["runs"]
+  lrs = optimizers.GRID_POINTS
+  assert len(watched) == len(plain) == 2 * lrs  # 2 optimizers x the learning rates x 1 seed
   for with_flag, without in zip(watched, plain, strict=True):
     assert set(without) == PLAIN_KEYS
     if with_flag["optimizer"] == "sgd_nesterov":
       assert with_flag == without  # baselines are untouched
       continue
     assert set(with_flag) == PLAIN_KEYS | WATCHED_KEYS
+    assert (with_flag["diagnostics"], without["diagnostics"]) == (True, False)
     # Diagnostics and averaging leave the updates bit-identical: the same training.
-    assert {k: with_flag[k] for k in PLAIN_KEYS} == without
+    same = PLAIN_KEYS - {"diagnostics"}
+    assert {k: with_flag[k] for k in same} == {k: without[k] for k in same}
     assert with_flag["average_beta"] == diagnostics.DEFAULT_AVERAGE_BETA
     curves = {name: np.array(with_flag[f"{name}_curve"]) for name in diagnostics.CURVES}
     assert all(len(curve) == STEPS for curve in curves.values())
     np.testing.assert_array_equal(curves["above_strict"], 0.0)
     assert np.all(curves["step_max"] <= curves["bound_strict"] * (1 + 1e-5))
-    np.testing.assert_allclose(curves["alpha"], with_flag["learning_rate"], rtol=1e-6)
+    # Logistic regression follows the paper's alpha_t = alpha / sqrt(t).
+    alpha_t = with_flag["learning_rate"] / np.sqrt(np.arange(1, STEPS + 1))
+    np.testing.assert_allclose(curves["alpha"], alpha_t, rtol=1e-5)
     # Adam's first step is alpha sign(g) on every coordinate with a gradient.
     np.testing.assert_allclose(curves["step_max"][0], with_flag["learning_rate"], rtol=1e-4)
     assert 0 < curves["snr_mean"][-1] < curves["snr_mean"][0] <= 1  # annealing
@@ -151,6 +158,7 @@ def _vae_summary(beta: float) -> report.Summary:
     {
       **record,
       "seed": seed,
+      "diagnostics": True,
       "steps": 4,
       "average_beta": beta,
       "test_loss": 30.0 + seed,

@@ -28,7 +28,9 @@ import numpy as np
 import optax
 
 import adam_optax as ao
+from adam_optax.experiments import flags
 from adam_optax.experiments.optimizers import OPTIMIZERS, Factory, Optimizer
+from adam_optax.experiments.problems import PROBLEMS
 from adam_optax.experiments.report import Summary, mean_std, table
 from adam_optax.experiments.train import DEFAULT_METRICS, MetricFn, StepInfo
 
@@ -96,9 +98,9 @@ class Diagnosed:
   def __call__(
     self, *, average_beta: chex.Numeric, **hyperparams: chex.Numeric
   ) -> optax.GradientTransformation:
-    """``chain(factory(**hyperparams, diagnostics=True), ao.average_params(average_beta))``."""
+    """``chain(factory(**hyperparams, diagnostics=True), ao.average_params(beta=...))``."""
     return optax.chain(
-      self.factory(**hyperparams, diagnostics=True), ao.average_params(average_beta)
+      self.factory(**hyperparams, diagnostics=True), ao.average_params(beta=average_beta)
     )
 
 
@@ -125,17 +127,6 @@ def instrument(optimizer: Optimizer) -> Optimizer:
   return dataclasses.replace(optimizer, factory=Diagnosed(optimizer.factory))
 
 
-def _decay(text: str) -> float:
-  """An argparse type: a float in ``[0, 1)``."""
-  try:
-    value = float(text)
-  except ValueError:
-    value = None
-  if value is None or not 0 <= value < 1:
-    raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-  return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   """Declares ``--diagnostics`` and ``--average-beta`` of ``adam-optax compare``."""
   family = ",".join(name for name, opt in OPTIMIZERS.items() if opt.records_diagnostics)
@@ -150,7 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   )
   parser.add_argument(
     "--average-beta",
-    type=_decay,
+    type=flags.decay_rate,
     default=None,
     metavar="BETA",
     help=f"with --diagnostics: the decay of the params' average (default: {DEFAULT_AVERAGE_BETA})",
@@ -186,8 +177,8 @@ def flag_error(args: argparse.Namespace, watched_problems: set[str]) -> str | No
 
 
 def watched(summaries: Sequence[Summary]) -> list[Summary]:
-  """The summaries whose runs recorded diagnostics."""
-  return [s for s in summaries if "snr_mean_curve" in s.runs[0]]
+  """The summaries whose runs recorded diagnostics (their records' ``diagnostics`` field)."""
+  return [s for s in summaries if s.runs[0].get("diagnostics", False)]
 
 
 def figure_settings(summaries: Sequence[Summary]) -> list[Summary]:
@@ -197,7 +188,8 @@ def figure_settings(summaries: Sequence[Summary]) -> list[Summary]:
 
 def _setting(summary: Summary) -> str:
   record = summary.record
-  betas = f" (β1 {record['b1']:g}, β2 {record['b2']:g})" if "b1" in record else ""
+  study = PROBLEMS[record["problem"]].study == "bias_correction"
+  betas = f" (β1 {record['b1']:g}, β2 {record['b2']:g})" if study else ""
   return f"{record['optimizer']}{betas}"
 
 

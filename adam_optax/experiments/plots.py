@@ -20,15 +20,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from adam_optax.experiments.optimizers import BIAS_CORRECTION_VARIANTS, OPTIMIZERS
-from adam_optax.experiments.report import Record, Summary, plural
+from adam_optax.experiments.problems import PROBLEMS
+from adam_optax.experiments.report import Record, Summary, floats, plural
 
 # The paper's colours for figure 4: red with bias correction, green without.
 VARIANT_COLORS = {"adam": "tab:red", "adam_no_bias_correction": "tab:green"}
-
-
-def _array(values: Sequence[float | None]) -> np.ndarray:
-  """A float array with NaN where a record holds ``None`` (diverged)."""
-  return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
 def save_png(figure: Figure, path: Path | io.BytesIO) -> None:
@@ -45,7 +41,7 @@ def png_bytes(figure: Figure) -> bytes:
 
 def _label(record: Record) -> str:
   """The legend label of a setting: the optimizer's label, any b1, b2, and the learning rate."""
-  if "b1" in record:
+  if PROBLEMS[record["problem"]].study == "bias_correction":
     name = BIAS_CORRECTION_VARIANTS[record["optimizer"]].label
     name += f", β1={record['b1']:g}, β2={record['b2']:g}"
   else:
@@ -91,7 +87,7 @@ def _mean_checkpoint_losses(all_records: Sequence[Record]) -> dict[tuple, np.nda
   groups: dict[tuple, list[np.ndarray]] = {}
   for r in all_records:
     key = (r["optimizer"], r["b1"], r["b2"], r["learning_rate"])
-    groups.setdefault(key, []).append(_array(r["checkpoint_train_loss"]))
+    groups.setdefault(key, []).append(floats(r["checkpoint_train_loss"]))
   return {key: np.mean(losses, axis=0) for key, losses in groups.items()}
 
 
@@ -99,10 +95,10 @@ def bias_correction_figure(title: str, all_records: Sequence[Record]) -> Figure:
   """Loss against log10 step size, with and without bias correction (figure 4).
 
   One panel per (b1, b2). In each, red is Adam with bias correction and green
-  without, as in the paper; dashed is the whole-training-set loss after the
-  first checkpoint, solid after the last (the paper's "10 epochs" and "100
-  epochs"); each point is the mean over seeds. Settings that diverged or
-  left the chart are crosses on its top edge.
+  without, as in the paper; dashed with open markers is the whole-training-set
+  loss after the first checkpoint, solid with filled markers after the last
+  (the paper's "10 epochs" and "100 epochs"); each point is the mean over
+  seeds. Settings that diverged or left the chart are crosses on its top edge.
 
   Args:
     title: the figure title.
@@ -114,7 +110,8 @@ def bias_correction_figure(title: str, all_records: Sequence[Record]) -> Figure:
   losses = _mean_checkpoint_losses(all_records)
   b1s, b2s, lrs = (sorted({key[i] for key in losses}) for i in (1, 2, 3))
   checkpoints = all_records[0]["checkpoint_steps"]
-  styles = {0: "--", len(checkpoints) - 1: "-"}  # one solid line if there is one checkpoint
+  # Early: dashed with open markers; late: solid with filled ones (one if one checkpoint).
+  styles = {0: ("--", "white"), len(checkpoints) - 1: ("-", None)}
   finite = np.concatenate([v[np.isfinite(v)] for v in losses.values()])
   bottom, top = 0.95 * finite.min(), 1.05 * min(finite.max(), 2 * np.median(finite))
   figure = Figure(figsize=(3.2 * len(b2s), 2.8 * len(b1s)), layout="constrained")
@@ -124,10 +121,19 @@ def bias_correction_figure(title: str, all_records: Sequence[Record]) -> Figure:
     ax = axes[i, j]
     for variant, optimizer in BIAS_CORRECTION_VARIANTS.items():
       color = VARIANT_COLORS[variant]
-      for index, style in styles.items():
+      for index, (style, face) in styles.items():
         values = np.array([losses[variant, b1, b2, lr][index] for lr in lrs])
-        label = f"{optimizer.label}, {checkpoints[index]} steps"
-        ax.plot(log_lrs, np.minimum(values, top), style, marker="o", ms=3, color=color, label=label)
+        label = f"{optimizer.label}, after {plural('step', checkpoints[index])}"
+        ax.plot(
+          log_lrs,
+          np.minimum(values, top),
+          style,
+          marker="o",
+          ms=4,
+          mfc=face or color,
+          color=color,
+          label=label,
+        )
         off = ~(values <= top)
         ax.plot(log_lrs[off], np.full(off.sum(), top), "x", color=color, ms=7)
     ax.set_title(f"β1={b1:g}, β2={b2:g}", fontsize=9)
@@ -137,7 +143,7 @@ def bias_correction_figure(title: str, all_records: Sequence[Record]) -> Figure:
       ax.set_xlabel("log10(step size)")
     if j == 0:
       ax.set_ylabel("loss (−ELBO, nats)")
-  axes[0, 0].legend(fontsize=7)
+  axes[0, 0].legend(fontsize=7, handlelength=4)
   seeds = plural("seed", len({r["seed"] for r in all_records}))
   figure.suptitle(f"{title}: mean over {seeds}; × diverged or off the chart", fontsize=10)
   return figure

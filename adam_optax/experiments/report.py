@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from adam_optax.experiments.problems import PROBLEMS
 from adam_optax.experiments.train import Grid, TrainResult
 
 # Loss curves longer than this are averaged over windows of equal length.
@@ -33,7 +34,7 @@ SETTING_FIELDS = ("b1", "b2")
 Record = dict[str, Any]
 
 
-def _number(value: Any, digits: int = 9) -> float | None:
+def number(value: Any, digits: int = 9) -> float | None:
   """A float for JSON, ``None`` for NaN or infinity (a diverged run).
 
   Rounded to ``digits`` significant digits: 9 keep every float32 exactly, 7
@@ -45,7 +46,17 @@ def _number(value: Any, digits: int = 9) -> float | None:
 
 
 def _curve(values: np.ndarray) -> list[float | None]:
-  return [_number(v, digits=6) for v in values]
+  return [number(v, digits=6) for v in values]
+
+
+def floats(values: Sequence[float | None]) -> np.ndarray:
+  """A float array of record values, NaN where a record holds ``None`` (diverged).
+
+  Examples:
+    >>> floats([1.0, None]).tolist()
+    [1.0, nan]
+  """
+  return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
 def window_means(curve: np.ndarray, points: int = CURVE_POINTS) -> tuple[np.ndarray, np.ndarray]:
@@ -73,11 +84,17 @@ def window_means(curve: np.ndarray, points: int = CURVE_POINTS) -> tuple[np.ndar
 
 
 def records(
-  problem: str, optimizer: str, grid: Grid, steps: int, result: TrainResult
+  problem: str,
+  optimizer: str,
+  grid: Grid,
+  steps: int,
+  result: TrainResult,
+  **fields: Any,
 ) -> list[Record]:
   """One JSON-ready record per run of a grid.
 
-  Each has ``problem``, ``optimizer``, ``seed``, the grid's hyper-parameters
+  Each has ``problem``, ``optimizer``, ``seed``, the ``fields`` given (the
+  same in every run, e.g. ``diagnostics`` and ``states``), the grid's hyper-parameters
   (``learning_rate``, and ``b1``/``b2`` where swept), ``steps``,
   ``final_train_loss`` (full training set, no dropout), ``test_loss``,
   ``test_accuracy`` (``None`` for the VAE), the same two as
@@ -97,12 +114,13 @@ def records(
   out = []
   for run in range(grid.size):
     record: Record = {"problem": problem, "optimizer": optimizer, "seed": int(grid.seeds[run])}
-    record.update({k: _number(v[run], digits=7) for k, v in grid.hyperparams.items()})
-    record.update(steps=steps, final_train_loss=_number(result.train_metrics["loss"][run]))
+    record.update(fields)
+    record.update({k: number(v[run], digits=7) for k, v in grid.hyperparams.items()})
+    record.update(steps=steps, final_train_loss=number(result.train_metrics["loss"][run]))
     for prefix, metrics in tests.items():
       accuracy = metrics.get("accuracy")
-      record[f"{prefix}_loss"] = _number(metrics["loss"][run])
-      record[f"{prefix}_accuracy"] = None if accuracy is None else _number(accuracy[run])
+      record[f"{prefix}_loss"] = number(metrics["loss"][run])
+      record[f"{prefix}_accuracy"] = None if accuracy is None else number(accuracy[run])
     record.update(
       curve_steps=[int(s) for s in curve_steps],
       **{f"{name}_curve": _curve(values[run]) for name, values in curves.items()},
@@ -118,8 +136,26 @@ def setting(record: Record) -> tuple:
   return (record["problem"], record["optimizer"], *(record.get(f) for f in SETTING_FIELDS))
 
 
-def _loss(record: Record) -> float:
-  loss = record["final_train_loss"]
+def value(record: Record, field: str) -> float:
+  """``record[field]``, or one of two statistics derived from a record.
+
+  ``"first_checkpoint_train_loss"`` is the whole-training-set loss after the
+  first chunk of steps; ``"mean_train_loss"`` the mean of the minibatch
+  training loss over every step (the area under the paper's curves, lower
+  when a run converges faster). Infinite where the run diverged, so that it
+  is never the best.
+
+  Examples:
+    >>> value({"train_loss_curve": [3.0, 1.0]}, "mean_train_loss")
+    2.0
+  """
+  if field == "first_checkpoint_train_loss":
+    loss = record["checkpoint_train_loss"][0]
+  elif field == "mean_train_loss":
+    curve = floats(record["train_loss_curve"])
+    loss = float(curve.mean()) if np.isfinite(curve).all() else None
+  else:
+    loss = record[field]
   return math.inf if loss is None else loss
 
 
@@ -133,29 +169,36 @@ class Summary:
     diverged: how many runs of the setting (every learning rate and seed)
       ended with a non-finite loss.
     total: how many runs the setting has.
+    learning_rates: every learning rate the setting tried, ascending.
   """
 
   record: Record
   runs: tuple[Record, ...]
   diverged: int
   total: int
+  learning_rates: tuple[float, ...] = ()
+
+  @property
+  def at_edge(self) -> bool:
+    """Whether the best learning rate is the smallest or largest tried (not bracketed)."""
+    lrs = self.learning_rates
+    return len(lrs) > 1 and self.record["learning_rate"] in (lrs[0], lrs[-1])
 
   def values(self, field: str) -> np.ndarray:
     """``field`` of every seed (NaN where diverged or absent)."""
-    return np.array([np.nan if r.get(field) is None else r[field] for r in self.runs])
+    return floats([r.get(field) for r in self.runs])
 
   def curves(self, metric: str) -> np.ndarray:
     """``<metric>_curve`` of every seed, shape ``(seeds, points)`` (NaN where diverged)."""
-    return np.array(
-      [[np.nan if v is None else v for v in r[f"{metric}_curve"]] for r in self.runs], dtype=float
-    )
+    return np.stack([floats(r[f"{metric}_curve"]) for r in self.runs])
 
 
-def summarize(all_records: Sequence[Record]) -> list[Summary]:
-  """For each setting, the learning rate with the lowest mean final training loss.
+def summarize(all_records: Sequence[Record], field: str = "final_train_loss") -> list[Summary]:
+  """For each setting, the learning rate with the lowest mean ``field`` over seeds.
 
-  A diverged run counts as an infinite loss, so a learning rate is kept only
-  if it trains on every seed, unless none does.
+  ``field`` is the final training loss by default (or any field that
+  :func:`value` reads). A diverged run counts as an infinite loss, so a
+  learning rate is kept only if it trains on every seed, unless none does.
 
   Examples:
     >>> recs = [{"problem": "p", "optimizer": "o", "learning_rate": lr, "seed": s,
@@ -171,13 +214,14 @@ def summarize(all_records: Sequence[Record]) -> list[Summary]:
     )
   summaries = []
   for runs_by_lr in by_setting.values():
-    best_lr = min(runs_by_lr, key=lambda lr: np.mean([_loss(r) for r in runs_by_lr[lr]]))
+    best_lr = min(runs_by_lr, key=lambda lr: np.mean([value(r, field) for r in runs_by_lr[lr]]))
     runs = tuple(sorted(runs_by_lr[best_lr], key=lambda r: r["seed"]))
     keep = ("problem", "optimizer", *SETTING_FIELDS, "learning_rate")
     every_run = [r for lr_runs in runs_by_lr.values() for r in lr_runs]
     diverged = sum(r["final_train_loss"] is None for r in every_run)
     record = {k: runs[0][k] for k in keep if k in runs[0]}
-    summaries.append(Summary(record, runs, diverged, len(every_run)))
+    lrs = tuple(sorted(runs_by_lr))
+    summaries.append(Summary(record, runs, diverged, len(every_run), lrs))
   return summaries
 
 
@@ -211,58 +255,70 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
   return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _problem_table(rows: Sequence[Summary]) -> list[str]:
+  """The table of one problem: each setting at its best learning rate."""
+  betas = PROBLEMS[rows[0].record["problem"]].study == "bias_correction"
+  header = ["optimizer", *(["b1", "b2"] if betas else []), "best lr", "lrs tried"]
+  header += ["final train loss", "test loss" if betas else "test accuracy (%)", "diverged"]
+  cells_of_rows = []
+  for row in rows:
+    cells = [row.record["optimizer"]]
+    cells += [f"{row.record['b1']:g}", f"{row.record['b2']:g}"] if betas else []
+    edge = " (edge)" if row.at_edge else ""
+    lrs = row.learning_rates
+    cells += [f"{row.record['learning_rate']:g}{edge}", f"{len(lrs)}: {lrs[0]:g}–{lrs[-1]:g}"]
+    cells.append(mean_std(row.values("final_train_loss")))
+    cells.append(
+      mean_std(row.values("test_loss")) if betas else mean_std(row.values("test_accuracy"), 100)
+    )
+    cells.append(f"{row.diverged}/{row.total}")
+    cells_of_rows.append(cells)
+  return table(header, cells_of_rows)
+
+
 def markdown(summaries: Sequence[Summary]) -> str:
-  """The ``results.md`` text: per problem, mean ± std over seeds at the best learning rate."""
+  """The tables of ``results.md``: per problem, mean ± std over seeds at the best learning rate."""
   lines = [
-    "# adam-optax compare",
+    "## Results by problem",
     "",
-    "Mean ± standard deviation over seeds, at the learning rate (of each optimizer's sweep)",
-    "with the lowest mean final training loss. Training loss: the whole training set after",
-    "the last step, without dropout. Diverged: runs of the whole sweep (every learning rate",
-    "and seed) that ended with a non-finite loss.",
+    "Mean ± standard deviation over seeds, at the learning rate (of each optimizer's",
+    'log-spaced grid) with the lowest mean final training loss; "(edge)": the best is the',
+    "smallest or largest learning rate tried even after widening the grid, so the optimum is",
+    "not bracketed. Training loss: the whole training set after the last step, without",
+    "dropout. Diverged: runs of the whole sweep (every learning rate and seed) that ended",
+    "with a non-finite loss.",
   ]
   problems = dict.fromkeys(s.record["problem"] for s in summaries)
   for problem in problems:
     rows = [s for s in summaries if s.record["problem"] == problem]
-    betas = "b1" in rows[0].record
     steps = rows[0].runs[0]["steps"]
-    header = ["optimizer", *(["b1", "b2"] if betas else []), "best lr", "final train loss"]
-    header += ["test loss" if betas else "test accuracy (%)", "diverged"]
-    lines += [
-      "",
-      f"## {problem} ({plural('step', steps)}, {plural('seed', len(rows[0].runs))})",
-      "",
-    ]
-    cells_of_rows = []
-    for row in rows:
-      cells = [row.record["optimizer"]]
-      cells += [f"{row.record['b1']:g}", f"{row.record['b2']:g}"] if betas else []
-      cells += [f"{row.record['learning_rate']:g}", mean_std(row.values("final_train_loss"))]
-      cells.append(
-        mean_std(row.values("test_loss"))
-        if betas
-        else mean_std(row.values("test_accuracy"), scale=100)
-      )
-      cells.append(f"{row.diverged}/{row.total}")
-      cells_of_rows.append(cells)
-    lines += table(header, cells_of_rows)
+    lines += ["", f"### {problem} ({plural('step', steps)}, {plural('seed', len(rows[0].runs))})"]
+    lines += ["", *_problem_table(rows)]
   return "\n".join(lines) + "\n"
 
 
 Writer = Callable[[Path], None]
 
 
-def write_atomically(out_dir: Path, writers: Mapping[str, Writer]) -> None:
+def write_atomically(
+  out_dir: Path, writers: Mapping[str, Writer], owned: Sequence[str] = ()
+) -> list[str]:
   """Writes every file to a temporary name in ``out_dir``, then renames them all.
 
   ``writers[name](path)`` writes the content of ``out_dir / name`` to
   ``path``. Nothing is renamed until every file is written, and the
   temporary files are removed if anything fails (or is interrupted), so
-  ``out_dir`` never holds a partial result under a final name.
+  ``out_dir`` never holds a partial result under a final name. Once all
+  are in place, the files named in ``owned`` but not written this time (an
+  earlier run's figures) are removed; no other file is touched.
 
   Args:
     out_dir: an existing, writable directory.
     writers: the files to write, by name.
+    owned: every file name a run may write.
+
+  Returns:
+    The names of the earlier files removed.
   """
   temporary: dict[str, Path] = {}
   umask = os.umask(0)
@@ -277,6 +333,10 @@ def write_atomically(out_dir: Path, writers: Mapping[str, Writer]) -> None:
       temporary[name].chmod(0o666 & ~umask)
     for name, path in temporary.items():
       os.replace(path, out_dir / name)
+    stale = [name for name in owned if name not in writers and (out_dir / name).is_file()]
+    for name in stale:
+      (out_dir / name).unlink()
+    return stale
   finally:
     for path in temporary.values():
       with contextlib.suppress(FileNotFoundError):

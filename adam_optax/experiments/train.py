@@ -33,13 +33,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from adam_optax.experiments.data import Digits, minibatches, standardize
+from adam_optax.experiments.data import Dataset, minibatches, standardize
 from adam_optax.experiments.optimizers import Factory, injected
 from adam_optax.experiments.problems import Problem
 
 # The Python loop over chunks of steps, each one call of the compiled program.
 DEFAULT_CHUNKS = 10
 MIN_CHUNK_STEPS = 10
+# Runs evaluated at once on a whole data set (bounds the memory of the evaluation).
+EVALUATION_BATCH = 4
 
 
 class Grid(NamedTuple):
@@ -146,6 +148,11 @@ def _graphdef(problem: Problem) -> nnx.GraphDef:
   return nnx.split(nnx.eval_shape(lambda: problem.make_model(nnx.Rngs(0))))[0]
 
 
+def _take(x: chex.ArrayTree, rows: jax.Array) -> chex.ArrayTree:
+  """The examples ``rows`` of inputs ``x`` (an array, or a pytree such as a bag of words)."""
+  return jax.tree.map(lambda leaf: leaf[rows], x)
+
+
 @functools.partial(jax.jit, static_argnames="problem")
 def _init_models(problem: Problem, seeds: jax.Array) -> tuple[chex.ArrayTree, jax.Array]:
   """Parameters and training keys of each run: a function of the seed alone.
@@ -164,9 +171,11 @@ def _init_models(problem: Problem, seeds: jax.Array) -> tuple[chex.ArrayTree, ja
   return jax.vmap(one)(seeds)
 
 
-@functools.partial(jax.jit, static_argnames="factory")
-def _init_optimizers(factory: Factory, params: chex.ArrayTree, hyper: dict) -> optax.OptState:
-  return jax.vmap(lambda p, hp: injected(factory, **hp).init(p))(params, hyper)
+@functools.partial(jax.jit, static_argnames=("factory", "decay"))
+def _init_optimizers(
+  factory: Factory, decay: bool, params: chex.ArrayTree, hyper: dict
+) -> optax.OptState:
+  return jax.vmap(lambda p, hp: injected(factory, decay=decay, **hp).init(p))(params, hyper)
 
 
 @functools.partial(jax.jit, static_argnames=("problem", "factory", "metrics", "length"))
@@ -191,10 +200,11 @@ def _run_chunk(
 
     def loss_fn(params: chex.ArrayTree) -> jax.Array:
       model = nnx.merge(graphdef, params)
-      return problem.loss(model, x[batch], y[batch], nnx.Rngs(noise_key))
+      return problem.loss(model, _take(x, batch), y[batch], nnx.Rngs(noise_key))
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = injected(factory, **hp).update(grads, state.opt_state, state.params)
+    tx = injected(factory, decay=problem.decay_learning_rate, **hp)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
     info = StepInfo(t, loss, state.params, grads, updates, opt_state)
     new_state = RunState(optax.apply_updates(state.params, updates), opt_state, state.key)
     return new_state, {name: fn(info) for name, fn in metrics}
@@ -211,7 +221,11 @@ def _run_chunk(
 @functools.partial(jax.jit, static_argnames="problem")
 def _evaluate(problem: Problem, params: chex.ArrayTree, x: jax.Array, y: jax.Array) -> dict:
   graphdef = _graphdef(problem)
-  return jax.vmap(lambda p: dict(problem.evaluate(nnx.merge(graphdef, p), x, y)))(params)
+  return jax.lax.map(
+    lambda p: dict(problem.evaluate(nnx.merge(graphdef, p), x, y)),
+    params,
+    batch_size=EVALUATION_BATCH,
+  )
 
 
 def chunk_count(steps: int, at_most: int) -> int:
@@ -233,7 +247,7 @@ def train(
   problem: Problem,
   factory: Factory,
   grid: Grid,
-  digits: Digits,
+  dataset: Dataset,
   steps: int,
   *,
   metrics: Mapping[str, MetricFn] = DEFAULT_METRICS,
@@ -245,20 +259,21 @@ def train(
 
   Examples:
     >>> from adam_optax.experiments import data, optimizers, problems
+    >>> digits = data.load_digits()
+    >>> logreg = problems.PROBLEMS["logreg"].bind((8, 8, 1), 10, paper_scale=False)
     >>> grid = make_grid([0, 1], learning_rate=[0.1])
-    >>> result = train(problems.PROBLEMS["logreg"], optimizers.sgd_nesterov, grid,
-    ...                data.load_digits(), steps=20, chunks=2)
+    >>> result = train(logreg, optimizers.sgd_nesterov, grid, digits, steps=20, chunks=2)
     >>> result.curves["train_loss"].shape, result.checkpoint_steps.tolist()
     ((2, 20), [10, 20])
     >>> bool(result.test_metrics["accuracy"].min() > 0.8)
     True
 
   Args:
-    problem: the model, loss and evaluation.
+    problem: the model, loss and evaluation, bound to the data (:meth:`Problem.bind`).
     factory: the optimizer factory; its keyword hyper-parameters are the
       grid's, injected as arrays (:func:`optimizers.injected`).
     grid: the runs: seeds and hyper-parameter values.
-    digits: the raw split (standardized here if the problem asks for it).
+    dataset: the raw split (standardized here if the problem asks for it).
     steps: training steps per run.
     metrics: the per-step metrics to record, by name.
     evaluations: more parameters to evaluate on the test set at the end, by
@@ -272,14 +287,15 @@ def train(
   References:
     Kingma & Ba, 2015, section 6.
   """
-  data = standardize(digits) if problem.standardized else digits
-  x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+  data = standardize(dataset) if problem.standardized else dataset
+  x_train, y_train = jax.tree.map(jnp.asarray, data.x_train), jnp.asarray(data.y_train)
   hyper = {name: jnp.asarray(values) for name, values in grid.hyperparams.items()}
   metric_items = tuple(metrics.items())
   n_chunks = chunk_count(steps, chunks)
   length = steps // n_chunks
   params, keys = _init_models(problem, jnp.asarray(grid.seeds))
-  states = RunState(params, _init_optimizers(factory, params, hyper), keys)
+  opt_states = _init_optimizers(factory, problem.decay_learning_rate, params, hyper)
+  states = RunState(params, opt_states, keys)
   orders = {
     seed: minibatches(seed, len(data.y_train), steps, problem.batch_size)
     for seed in np.unique(grid.seeds).tolist()
@@ -309,7 +325,7 @@ def train(
     jax.block_until_ready(states)
     if on_chunk is not None:
       on_chunk()
-  x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+  x_test, y_test = jax.tree.map(jnp.asarray, data.x_test), jnp.asarray(data.y_test)
   test = _evaluate(problem, states.params, x_test, y_test)
   evaluated = {
     name: _evaluate(problem, jax.vmap(params_fn)(states.params, states.opt_state), x_test, y_test)
@@ -327,3 +343,29 @@ def train(
       name: {k: np.asarray(v) for k, v in values.items()} for name, values in evaluated.items()
     },
   )
+
+
+def step_flops(problem: Problem, dataset: Dataset) -> float:
+  """The floating-point operations of one run's gradient on one minibatch, by XLA's count.
+
+  Lowered (not compiled) once per problem; the progress bar of ``compare``
+  weighs each chunk of steps by it, so that its ETA accounts for problems
+  whose steps cost very different amounts.
+
+  Examples:
+    >>> from adam_optax.experiments import data, problems
+    >>> logreg = problems.PROBLEMS["logreg"].bind((8, 8, 1), 10, paper_scale=False)
+    >>> step_flops(logreg, data.load_digits()) > 128 * 64 * 10
+    True
+  """
+  graphdef, params = nnx.split(nnx.eval_shape(lambda: problem.make_model(nnx.Rngs(0))))
+  rows = np.arange(problem.batch_size) % len(dataset.y_train)
+  x = _take(jax.tree.map(jnp.asarray, dataset.x_train), jnp.asarray(rows))
+  y = jnp.asarray(dataset.y_train[rows])
+
+  def loss(params: chex.ArrayTree) -> jax.Array:
+    return problem.loss(nnx.merge(graphdef, params), x, y, nnx.Rngs(0))
+
+  cost = jax.jit(jax.grad(loss)).lower(params).cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return max(1.0, float(cost.get("flops", 0.0)))

@@ -70,7 +70,7 @@ def x64() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def digits() -> data.Digits:
+def digits() -> data.Dataset:
   """scikit-learn's bundled digits on the package's fixed split, standardized (no download).
 
   The same data as ``adam-optax compare`` trains its classifiers on: images

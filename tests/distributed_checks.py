@@ -131,6 +131,9 @@ def _distances(a: dict[str, np.ndarray], b: dict[str, np.ndarray], within: str) 
   for key in (k for k in a if k.startswith(within)):
     if np.issubdtype(a[key].dtype, np.floating):
       yield a[key], b[key]
+    elif a[key].dtype.kind == "V":  # bfloat16 (a quantized first moment's scales), saved raw
+      x, y = (v.view(np.uint16).astype(np.int64) for v in (a[key], b[key]))
+      yield None, np.abs(x - y)  # positive scales: steps of the bit pattern are ulp
     else:  # the codes of a quantized moment
       yield None, np.abs(a[key].astype(np.int64) - b[key].astype(np.int64))
 

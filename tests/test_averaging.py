@@ -16,7 +16,7 @@ from flax import nnx
 
 import adam_optax as ao
 from adam_optax.averaging import AveragedParamsState, average_params, averaged_params
-from adam_optax.experiments.data import Digits
+from adam_optax.experiments.data import Dataset
 from adam_optax.experiments.models import MLP
 from adam_optax.experiments.problems import classification_loss
 
@@ -170,8 +170,8 @@ def test_traced_beta_is_not_checked() -> None:
     assert jitted(0.999).average.dtype == jnp.bfloat16
 
 
-def test_flax_nnx_model_evaluates_with_averaged_params(digits: Digits) -> None:
-  model = MLP(rngs=nnx.Rngs(0))
+def test_flax_nnx_model_evaluates_with_averaged_params(digits: Dataset) -> None:
+  model = MLP(64, 10, hidden=128, rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, optax.chain(ao.adam(0.05), average_params(0.9)), wrt=nnx.Param)
 
   @nnx.jit

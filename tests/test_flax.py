@@ -18,7 +18,7 @@ from flax import nnx
 from flax.training import train_state
 
 import adam_optax as ao
-from adam_optax.experiments.data import Digits
+from adam_optax.experiments.data import Dataset
 from adam_optax.experiments.models import MLP
 
 
@@ -36,9 +36,9 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> float:
   return float(jnp.mean(jnp.argmax(logits, axis=-1) == labels))
 
 
-def test_nnx_mlp_reaches_95_percent_test_accuracy(digits: Digits) -> None:
-  x_train, y_train, x_test, y_test = digits
-  model = MLP(rngs=nnx.Rngs(0))
+def test_nnx_mlp_reaches_95_percent_test_accuracy(digits: Dataset) -> None:
+  x_train, y_train, x_test, y_test = digits[:4]
+  model = MLP(64, 10, hidden=128, rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, ao.adam(1e-2), wrt=nnx.Param)
   losses = [nnx_train_step(model, optimizer, x_train, y_train) for _ in range(150)]
   assert float(losses[-1]) < 0.1 * float(losses[0])
@@ -49,11 +49,11 @@ def test_nnx_mlp_reaches_95_percent_test_accuracy(digits: Digits) -> None:
   assert int(moments.count[...]) == 150
 
 
-def test_nnx_optimizer_with_ao_adam_equals_optax_adam(digits: Digits) -> None:
-  x_train, y_train, _, _ = digits
+def test_nnx_optimizer_with_ao_adam_equals_optax_adam(digits: Dataset) -> None:
+  x_train, y_train, _, _ = digits[:4]
   trained = {}
   for name, tx in [("ao", ao.adam(1e-2)), ("optax", optax.adam(1e-2))]:
-    model = MLP(rngs=nnx.Rngs(0))
+    model = MLP(64, 10, hidden=128, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     for _ in range(10):
       nnx_train_step(model, optimizer, x_train, y_train)
@@ -64,8 +64,8 @@ def test_nnx_optimizer_with_ao_adam_equals_optax_adam(digits: Digits) -> None:
     np.testing.assert_array_equal(got, want)
 
 
-def test_linen_train_state_logistic_regression_reaches_90_percent(digits: Digits) -> None:
-  x_train, y_train, x_test, y_test = digits
+def test_linen_train_state_logistic_regression_reaches_90_percent(digits: Dataset) -> None:
+  x_train, y_train, x_test, y_test = digits[:4]
   x_train, x_test = x_train.reshape(-1, 64), x_test.reshape(-1, 64)  # Dense maps the last axis
   model = nn.Dense(10)  # multinomial logistic regression
   params = model.init(jax.random.key(0), x_train[:1])["params"]

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 from matrix import NAMES, WITH_STORAGE, ours
+from training import assert_trees_equal, train
 
 import adam_optax as ao
 from adam_optax.checkpoint import restore_checkpoint, save_checkpoint
@@ -33,23 +34,6 @@ def _grads(steps: int, bias_dtype: jnp.dtype = jnp.bfloat16) -> dict[str, jax.Ar
     "w": jax.random.normal(kw, (steps, 3, 4)),
     "b": jax.random.normal(kb, (steps, 4)).astype(bias_dtype),
   }
-
-
-def _train(tx: optax.GradientTransformation, params: Any, state: Any, grads: Any) -> Any:
-  def step(carry: Any, g: Any) -> tuple[Any, None]:
-    p, s = carry
-    updates, s = tx.update(g, s, p)
-    return (optax.apply_updates(p, updates), s), None
-
-  return jax.jit(lambda p, s, gs: jax.lax.scan(step, (p, s), gs)[0])(params, state, grads)
-
-
-def _assert_trees_equal(actual: Any, expected: Any) -> None:
-  """Same pytree types and structure; every leaf bit-identical with the same dtype."""
-  assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-    assert a.dtype == e.dtype
-    np.testing.assert_array_equal(a, e)
 
 
 def _snapshot(directory: pathlib.Path) -> dict[str, str]:
@@ -90,14 +74,14 @@ def test_round_trip_is_exact_and_the_state_stays_usable(
 ) -> None:
   tx = make_tx()
   params = _params(bias_dtype=bias_dtype)
-  params, state = _train(tx, params, tx.init(params), _grads(3, bias_dtype))
+  params, state = train(tx, params, tx.init(params), _grads(3, bias_dtype))
   save_checkpoint(tmp_path / "ckpt", {"params": params, "opt_state": state})
 
   fresh = _params(bias_dtype=bias_dtype)
   restored = restore_checkpoint(tmp_path / "ckpt", {"params": fresh, "opt_state": tx.init(fresh)})
-  _assert_trees_equal(restored, {"params": params, "opt_state": state})
+  assert_trees_equal(restored, {"params": params, "opt_state": state})
   g = jax.tree.map(lambda x: x[0], _grads(1, bias_dtype))
-  _assert_trees_equal(
+  assert_trees_equal(
     tx.update(g, restored["opt_state"], restored["params"]), tx.update(g, state, params)
   )
 
@@ -107,15 +91,15 @@ def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path: pathlib.Pa
   grads = _grads(10)
   first, second = (jax.tree.map(lambda x, s=s: x[s], grads) for s in (slice(0, 6), slice(6, 10)))
   params = _params()
-  uninterrupted = _train(tx, params, tx.init(params), grads)
+  uninterrupted = train(tx, params, tx.init(params), grads)
 
-  halfway = _train(tx, params, tx.init(params), first)
+  halfway = train(tx, params, tx.init(params), first)
   save_checkpoint(tmp_path / "step_6", {"params": halfway[0], "opt_state": halfway[1]})
   # A new process would build its target from scratch, as here.
   target = {"params": _params(), "opt_state": tx.init(_params())}
   restored = restore_checkpoint(tmp_path / "step_6", target)
-  resumed = _train(tx, restored["params"], restored["opt_state"], second)
-  _assert_trees_equal(resumed, uninterrupted)
+  resumed = train(tx, restored["params"], restored["opt_state"], second)
+  assert_trees_equal(resumed, uninterrupted)
 
 
 MISMATCHES = {
@@ -146,7 +130,7 @@ def test_a_mismatched_target_is_refused_by_name_and_nothing_is_touched(
 ) -> None:
   tx = ao.adam(1e-2, nu_dtype=jnp.float32)
   params = _params()
-  saved = _train(tx, params, tx.init(params), _grads(2))
+  saved = train(tx, params, tx.init(params), _grads(2))
   save_checkpoint(tmp_path / "ckpt", {"params": saved[0], "opt_state": saved[1]})
   on_disk = _snapshot(tmp_path)
 
@@ -156,7 +140,7 @@ def test_a_mismatched_target_is_refused_by_name_and_nothing_is_touched(
   with pytest.raises(ValueError, match=re.escape(message)):
     restore_checkpoint(tmp_path / "ckpt", target)
   assert _snapshot(tmp_path) == on_disk
-  _assert_trees_equal(jax.tree.map(np.asarray, target), before)
+  assert_trees_equal(jax.tree.map(np.asarray, target), before)
 
 
 def test_saving_over_a_checkpoint_refuses_and_keeps_it(tmp_path: pathlib.Path) -> None:

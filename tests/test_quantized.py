@@ -17,6 +17,7 @@ import pytest
 from fresh_python import run_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from training import assert_trees_equal, train
 
 import adam_optax as ao
 from adam_optax import _codes, quantized
@@ -44,22 +45,6 @@ def _grads(steps: int) -> dict[str, jax.Array]:
     "w": jax.random.normal(kw, (steps, 50, 100)) * scales,
     "b": jax.random.normal(kb, (steps, 100)),
   }
-
-
-def _train(tx: optax.GradientTransformation, params: Any, state: Any, grads: Any) -> Any:
-  def step(carry: Any, g: Any) -> tuple[Any, None]:
-    p, s = carry
-    updates, s = tx.update(g, s, p)
-    return (optax.apply_updates(p, updates), s), None
-
-  return jax.jit(lambda p, s, gs: jax.lax.scan(step, (p, s), gs)[0])(params, state, grads)
-
-
-def _assert_trees_equal(actual: Any, expected: Any) -> None:
-  assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-    assert a.dtype == e.dtype
-    np.testing.assert_array_equal(a, e)
 
 
 @functools.cache
@@ -197,8 +182,8 @@ OPTIMIZERS = {
 def test_every_optimizer_takes_quantized_moments(make: Any) -> None:
   fmt = ao.Quantized(4)
   params, grads = _params(), _grads(3)
-  quantized_run = _train(make(fmt), params, make(fmt).init(params), grads)
-  float_run = _train(make(None), params, make(None).init(params), grads)
+  quantized_run = train(make(fmt), params, make(fmt).init(params), grads)
+  float_run = train(make(None), params, make(None).init(params), grads)
   stored = jax.tree.leaves(quantized_run[1], is_leaf=quantized.is_quantized)
   assert any(quantized.is_quantized(x) for x in stored)
   # Three steps of about lr each: the params move as float32 Adam's do, within a step.
@@ -249,11 +234,11 @@ def test_inject_hyperparams_changes_the_learning_rate() -> None:
 def test_a_skipped_step_leaves_codes_and_scales_bit_identical() -> None:
   tx = optax.apply_if_finite(_both(ao.Quantized(4)), max_consecutive_errors=3)
   params, grads = _params(), _grads(1)
-  _, state = _train(tx, params, tx.init(params), grads)
+  _, state = train(tx, params, tx.init(params), grads)
   bad = jax.tree.map(lambda x: x[0].at[0].set(jnp.nan), grads)
   updates, skipped = jax.jit(tx.update)(bad, state, params)
   assert int(skipped.notfinite_count) == 1
-  _assert_trees_equal(skipped.inner_state, state.inner_state)
+  assert_trees_equal(skipped.inner_state, state.inner_state)
   assert all(float(jnp.max(jnp.abs(u))) == 0 for u in jax.tree.leaves(updates))
 
 
@@ -261,11 +246,11 @@ def test_multisteps_and_masked() -> None:
   fmt = ao.Quantized(8)
   params, grads = _params(), _grads(4)
   multi = optax.MultiSteps(_both(fmt), every_k_schedule=2)
-  (p, state) = _train(multi, params, multi.init(params), grads)
+  (p, state) = train(multi, params, multi.init(params), grads)
   assert int(state.gradient_step) == 2
   assert bool(jnp.all(jnp.isfinite(p["w"])))
   masked = optax.masked(_both(fmt), {"w": True, "b": False})
-  p, _ = _train(masked, params, masked.init(params), grads)
+  p, _ = train(masked, params, masked.init(params), grads)
   np.testing.assert_allclose(p["b"], params["b"] + grads["b"].sum(0), atol=1e-6)  # passed through
 
 
@@ -314,13 +299,13 @@ def test_checkpoint_round_trip_and_bit_identical_resume(tmp_path: pathlib.Path) 
   params, grads = _params(), _grads(4)
   first = jax.tree.map(lambda x: x[:2], grads)
   second = jax.tree.map(lambda x: x[2:], grads)
-  p, s = _train(tx, params, tx.init(params), first)
+  p, s = train(tx, params, tx.init(params), first)
   save_checkpoint(tmp_path / "ckpt", {"params": p, "opt_state": s})
   restored = restore_checkpoint(tmp_path / "ckpt", {"params": params, "opt_state": tx.init(params)})
-  _assert_trees_equal(restored, {"params": p, "opt_state": s})
-  resumed = _train(tx, restored["params"], restored["opt_state"], second)
-  straight = _train(tx, params, tx.init(params), grads)
-  _assert_trees_equal(resumed, straight)
+  assert_trees_equal(restored, {"params": p, "opt_state": s})
+  resumed = train(tx, restored["params"], restored["opt_state"], second)
+  straight = train(tx, params, tx.init(params), grads)
+  assert_trees_equal(resumed, straight)
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,8 @@ whose shards do not hold whole rows of blocks (it is gathered, and still equal).
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from typing import Any
-
-os.environ["JAX_PLATFORMS"] = "cpu"  # 8 host devices, on a machine with a GPU too
 
 import jax
 import jax.numpy as jnp

@@ -387,6 +387,15 @@ def test_nnx_optimizer_steps_as_a_plain_optax_loop(fmt: ao.Quantized, wrapper: s
     assert_trees_equal(_as_restored(got), _as_restored(optax.tree_utils.tree_get(state, field)))
 
 
+def test_a_mapping_in_another_format_is_refused_naming_the_leaf() -> None:
+  params, g = _params(), jax.tree.map(lambda x: x[0], _grads(1))
+  as_mappings = _as_restored(_both(ao.Quantized(8)).init(params)[0])  # as nnx.state leaves it
+  state = _both(ao.Quantized(4)).init(params)
+  moments = type(state[0])(**{k: jax.tree.map(jnp.asarray, v) for k, v in as_mappings.items()})
+  with pytest.raises(ValueError, match=r"stored moment at \['w'\] .*Quantized\(bits=4"):
+    _both(ao.Quantized(4)).update(g, (moments, *state[1:]), params)
+
+
 def test_linen_train_state_steps_as_a_plain_optax_loop() -> None:
   from flax.training.train_state import TrainState
 

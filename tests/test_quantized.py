@@ -66,18 +66,18 @@ _MAGNITUDES = hnp.arrays(
 
 @settings(max_examples=25, deadline=None)
 @given(magnitudes=_MAGNITUDES, signs=hnp.arrays(np.bool_, SHAPE), bits=st.sampled_from([8, 4]))
-def test_signed_codes_are_within_half_a_step(
+def test_signed_codes_are_within_the_codebook_error(
   magnitudes: np.ndarray, signs: np.ndarray, bits: int
 ) -> None:
   x = np.where(signs, -magnitudes, magnitudes).astype(np.float32)
   y = _roundtrip(x, bits, signed=True)
-  mantissa, top = _codes.MANTISSA[True, bits], 2 ** (bits - 1) - 1
   block = ao.Quantized(bits).block
   flat = np.pad(np.abs(x).ravel(), (0, -x.size % block)).reshape(-1, block)
   scale = np.repeat(flat.max(1), block)[: x.size].reshape(x.shape)
-  smallest = 2.0 ** ((1 - top) / 2**mantissa)
-  # Relative error at most half a code above the smallest magnitude, absolute below.
-  bound = np.maximum(2.0 ** -(mantissa + 1) * np.abs(x), smallest * scale) * (1 + 2**-7)
+  smallest = float(_codes._value(jnp.asarray(1), True, bits))  # the smallest non-zero code
+  # The codebook's relative error down to its smallest code, absolute below (the scale is
+  # rounded to bfloat16: half an ulp, 2^-9).
+  bound = np.maximum(_codes.relative_error(True, bits) * np.abs(x), smallest * scale) * (1 + 2**-8)
   assert np.all(np.abs(y - x) <= bound)
   assert np.all(y[x == 0] == 0)
   assert np.all(np.sign(y) * np.sign(x) >= 0)
@@ -90,9 +90,9 @@ def test_a_nonzero_second_moment_never_decodes_to_zero(magnitudes: np.ndarray, b
   w = _roundtrip(v, bits, signed=False)
   normal = v >= np.finfo(np.float32).tiny
   assert np.all(w[normal] > 0)
-  # Never below the value by more than half a code (a floor only rounds up).
-  half = 2.0 ** -(_codes.MANTISSA[False, bits] + 1)
-  assert np.all(w[normal] >= v[normal] * (1 - half) ** 2 * (1 - 1e-6))
+  # sqrt(v) is never read low by more than 1/33 (8 bits) or 1/3 (4 bits; a floor only rounds up).
+  low = 1 / 33 if bits == 8 else 1 / 3
+  assert np.all(w[normal] >= v[normal] * (1 - low) ** 2 * (1 - 2**-20))
 
 
 def test_a_tiny_second_moment_beside_a_large_one_keeps_the_step_bounded() -> None:
@@ -159,9 +159,11 @@ def test_state_layout_and_reading_it_back(fmt: ao.Quantized) -> None:
   g = jax.tree.map(lambda x: x[0], _grads(1))
   _, state = jax.jit(tx.update)(g, state, params)
   mu = ao.dequantize(optax.tree_utils.tree_get(state, "mu"))
-  # Within half a code of the moment, or of the smallest magnitude of the block.
-  atol = 0.1 * float(jnp.max(jnp.abs(g["w"]))) * (2**-6 if fmt.bits == 4 else 2**-15)
-  np.testing.assert_allclose(mu["w"], 0.1 * g["w"], rtol=0.5 if fmt.bits == 4 else 0.07, atol=atol)
+  # Within the codebook's error of the moment, or of the smallest magnitude of the block.
+  smallest = float(_codes._value(jnp.asarray(1), True, fmt.bits))
+  atol = 0.1 * float(jnp.max(jnp.abs(g["w"]))) * smallest * (1 + 2**-8)
+  rtol = quantized.relative_error(optax.tree_utils.tree_get(state, "mu")["w"])
+  np.testing.assert_allclose(mu["w"], 0.1 * g["w"], rtol=rtol, atol=atol)
 
 
 OPTIMIZERS = {

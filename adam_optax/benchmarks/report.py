@@ -107,7 +107,7 @@ def row(
   return out
 
 
-def _aligned(cells: list[list[str]], text_columns: int = 1) -> list[str]:
+def aligned(cells: list[list[str]], text_columns: int = 1) -> list[str]:
   """Rows of cells as lines: the first ``text_columns`` left-aligned, the figures right-aligned."""
   widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
   return [
@@ -145,7 +145,7 @@ def _diagnostics_overhead(trees: list[dict[str, Any]]) -> list[str]:
     "diagnostics on vs off, per tree: time with diagnostics=True over the same method "
     f"without (median of per-round ratios; budget {1 + DIAGNOSTICS_BUDGET:.2f}x)"
   )
-  return ["", title, *_aligned(cells, text_columns=2), *left_out]
+  return ["", title, *aligned(cells, text_columns=2), *left_out]
 
 
 def table(report: dict[str, Any]) -> str:
@@ -173,7 +173,7 @@ def table(report: dict[str, Any]) -> str:
       cells.append(
         ["-" if result.get(key) is None else fmt.format(result[key]) for key, _, fmt in COLUMNS]
       )
-    lines += _aligned(cells)
+    lines += aligned(cells)
     for method, reason in tree.get("left_out", {}).items():
       lines.append(f"left out: {method} ({reason})")
   if report.get("torch_skipped"):
@@ -182,7 +182,7 @@ def table(report: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def plot(report: dict[str, Any], path: str) -> None:
+def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
   """Bars of each method's fraction of roofline and speed-up over optax.adam, per tree."""
   import matplotlib
   import matplotlib.ticker

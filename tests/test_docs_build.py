@@ -90,10 +90,17 @@ def _python_blocks(page: pathlib.Path) -> list[str]:
   return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
 
 
-# The guide and theory pages with python examples (the how-to pages are not run here).
+# The README and the guide and theory pages with python examples (the how-to pages are
+# run by test_docs_howto.py). A page's blocks run in order in one fresh process, so a
+# block may continue the one before it.
 EXAMPLE_PAGES = [
-  page.relative_to(DOCS).as_posix()
-  for page in [DOCS / "index.md", DOCS / "getting_started.md", *sorted(DOCS.glob("theory/*.md"))]
+  page.relative_to(ROOT).as_posix()
+  for page in [
+    ROOT / "README.md",
+    DOCS / "index.md",
+    DOCS / "getting_started.md",
+    *sorted(DOCS.glob("theory/*.md")),
+  ]
   if _python_blocks(page)
 ]
 
@@ -160,7 +167,7 @@ def test_notebooks_assert_what_they_say(name: str) -> None:
 
 @pytest.mark.parametrize("page", EXAMPLE_PAGES)
 def test_page_examples_run(page: str) -> None:
-  blocks = _python_blocks(DOCS / page)
+  blocks = _python_blocks(ROOT / page)
   if any("flax" in block for block in blocks):
     pytest.importorskip("flax")
   result = subprocess.run(

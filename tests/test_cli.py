@@ -73,6 +73,10 @@ OUTPUTS = [
   (["bench", "--plot", "{folder}"], "cannot write '{folder}': it is a folder, not a file"),
 ]
 OTHERS = [
+  (
+    ["bench", "--compile-budget", "nan"],
+    "argument --compile-budget: expected a positive number of seconds, got 'nan'",
+  ),
   (["bench", "--trees", "nope"], "adam-optax bench: error: argument --trees: invalid choice"),
   (["states", "--bogus"], "adam-optax: error: unrecognized arguments: --bogus"),
   (["nope"], "adam-optax: error: argument COMMAND: invalid choice: 'nope'"),

@@ -111,21 +111,23 @@ def output_file(text: str) -> Path:
 
 
 def make_folder(path: Path, flag: str) -> str | None:
-  """Creates the folder ``path`` (with its parents) for the files of ``flag``; else why not.
+  """Creates the folder ``path`` (with its parents) for the files of ``flag``; else says why not.
+
+  Args:
+    path: the folder, e.g. ``--out``'s value.
+    flag: the flag it came from, named in the error.
 
   Returns:
     ``None`` once ``path`` is a folder that takes new files, else a one-line
-    error naming ``flag``: e.g. ``cannot write to --out 'x': it is a file,
-    not a folder``.
+    error, e.g. ``cannot write to --out 'x': it is a file, not a folder``.
   """
   blocker = _not_a_folder(path)
-  if blocker == path:
-    return f"cannot write to {flag} {str(path)!r}: it is a file, not a folder"
   if blocker is not None:
-    return f"cannot write to {flag} {str(path)!r}: {str(blocker)!r} is a file, not a folder"
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-  except OSError as error:
-    return f"cannot write to {flag} {str(path)!r}: {error.strerror or error}"
-  reason = _cannot_write_into(path)
+    reason = ("it is" if blocker == path else f"{str(blocker)!r} is") + " a file, not a folder"
+  else:
+    try:
+      path.mkdir(parents=True, exist_ok=True)
+      reason = _cannot_write_into(path)
+    except OSError as error:
+      reason = error.strerror or str(error)
   return None if reason is None else f"cannot write to {flag} {str(path)!r}: {reason}"

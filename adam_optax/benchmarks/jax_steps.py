@@ -115,7 +115,8 @@ def prepare(name: str, method: Method, spec: TreeSpec, scan_steps: int) -> Conte
     return (*step(p, g, s), loss)
 
   grads = as_params(jax.device_put(arrays(spec, 0.01)))
-  params, state = fresh()
+  # Compiled for shapes alone, so that no second copy of the tree stays alive.
+  params, state = jax.tree.map(_abstract, fresh())
   with_grads = lambda compiled, c: compiled(c[0], grads, c[1])  # noqa: E731
   return Contender(
     method=name,
@@ -137,3 +138,8 @@ def prepare(name: str, method: Method, spec: TreeSpec, scan_steps: int) -> Conte
       ),
     },
   )
+
+
+def _abstract(x: jax.Array) -> jax.ShapeDtypeStruct:
+  """The shape, dtype and sharding of ``x``: what a program is compiled for."""
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)

@@ -137,7 +137,7 @@ def round_robin(
   for r in range(rounds):
     if on_round is not None:
       on_round(r)
-    shift = r % len(names)
+    shift = r % max(len(names), 1)
     for name in names[shift:] + names[:shift]:
       samples = []
       for _ in range(repeats):

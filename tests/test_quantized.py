@@ -118,37 +118,6 @@ def test_bytes_per_param_with_scales(bits: int, limit: float) -> None:
   assert lowbit.bytes_per_param(state, params) <= limit
 
 
-def _low_bit(bits: int) -> optax.GradientTransformation:
-  fmt = ao.Quantized(bits)
-  return ao.adam(lowbit.LEARNING_RATE, mu_dtype=fmt, nu_dtype=fmt)
-
-
-def test_eight_bit_converges_like_float32() -> None:
-  problem = lowbit.least_squares(0)
-  ours = lowbit.final_loss(_low_bit(8), problem)
-  reference = lowbit.final_loss(ao.adam(lowbit.LEARNING_RATE), problem)
-  assert abs(ours / reference - 1) <= 0.005
-
-
-def test_four_bit_deviates_from_float32_less_than_torchao_4bit(
-  monkeypatch: pytest.MonkeyPatch,
-) -> None:
-  torch = pytest.importorskip("torch")
-  pytest.importorskip("torchao")
-  # torchao compiles its step with torch.compile; eagerly the same operations give
-  # the same losses to the bit (9.8748 on this seed) without 40 s of compiling.
-  monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
-  problem = lowbit.least_squares(0)
-  ours = lowbit.final_loss(_low_bit(4), problem) / lowbit.final_loss(
-    ao.adam(lowbit.LEARNING_RATE), problem
-  )
-  makers = lowbit.torchao_optimizers()
-  theirs = lowbit.torch_final_loss(makers["4-bit"], problem) / lowbit.torch_final_loss(
-    makers["float32"], problem
-  )
-  assert abs(ours - 1) <= 0.5 * abs(theirs - 1), (ours, theirs)
-
-
 @pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
 def test_state_layout_and_reading_it_back(fmt: ao.Quantized) -> None:
   tx = _both(fmt)
@@ -195,7 +164,8 @@ def test_every_optimizer_takes_quantized_moments(make: Any, fmt: ao.Quantized) -
   # largest and sqrt(v) to 1/256: the gradient columns below 1/20 of the largest only take
   # shorter steps (their stored m reads 0, their v the floor), never longer ones.
   held = np.logspace(-3, 0, 100) >= (0.05 if fmt.bits == 4 else 0.0)
-  for a, b, p in zip(*(jax.tree.leaves(x) for x in (quantized_run[0], float_run[0], params))):
+  runs = (quantized_run[0], float_run[0], params)
+  for a, b, p in zip(*(jax.tree.leaves(x) for x in runs), strict=True):
     inside = held if a.shape == (50, 100) else True
     assert float(jnp.max(jnp.where(inside, jnp.abs(a - b), 0.0))) < 0.02
     assert bool(jnp.all(jnp.abs(a - p) < jnp.abs(b - p) + 0.02))

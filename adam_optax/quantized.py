@@ -93,9 +93,9 @@ class Quantized:
   A value :math:`x` of a block :math:`B` is stored as a code :math:`q` with
   :math:`x \approx s_B\, c(q)`: the scale :math:`s_B` is the block's absolute
   maximum (of :math:`\sqrt v` for a second moment) and :math:`c` a computed
-  codebook: a minifloat relative to the block for a first moment, and a
-  zero-free minifloat of :math:`\sqrt v` for a second moment (see
-  :mod:`adam_optax._codes`), so a stored non-zero :math:`v` never decodes to 0.
+  codebook of :math:`m` (signed, with 0) or of :math:`\sqrt v` (no 0), minifloats at
+  8 bits and square maps :math:`((k + z)/N)^2` at 4 (see :mod:`adam_optax._codes`),
+  so a stored non-zero :math:`v` never decodes to 0.
   State bytes per parameter: :math:`b/8 + 2/\text{block}` for :math:`m` (bfloat16 scales),
   :math:`b/8 + 4/\text{block}` for :math:`v` (float32 scales): 2.02 for both
   moments at 8 bits, 1.05 at 4 bits, against 8 in float32.
@@ -235,14 +235,16 @@ def encode(values: chex.Array, like: QuantizedArray | chex.Array) -> QuantizedAr
 def relative_error(stored: QuantizedArray) -> float:
   r"""The largest relative error of a decoded value inside its codebook's range.
 
-  Rounding to the nearest code of a map with :math:`M` mantissa bits errs by at
-  most :math:`\delta_M = 1/(2^{M+1} + 1)` relatively (5.9% for the first
-  moment's map at 8 bits, 1/3 at 4); the second moment's map codes
-  :math:`\sqrt v`, so :math:`v` errs by at most :math:`(1 + \delta_M)^2 - 1`
-  (6.2% at 8 bits, 78% at 4). A few float32 roundings are added. The range is
-  from the map's smallest non-zero code to the block's scale; below it, a
-  first moment may decode to 0 and a second moment is rounded up to the floor
-  (see :mod:`adam_optax._codes`). Used by :func:`adam_optax.diagnostics` as its
+  Rounding to the nearest code errs by at most :math:`\delta` relatively:
+  :math:`\delta_M = 1/(2^{M+1} + 1)` for the 8-bit minifloats (5.9% for the first
+  moment's map), :math:`3/5` and :math:`5/3` for the 4-bit square maps of
+  :math:`m` and :math:`\sqrt v` (near their floor; 15% and 6.4% at the top code).
+  The second moment's map codes :math:`\sqrt v`, so :math:`v` errs by at most
+  :math:`(1 + \delta)^2 - 1`: 6.2% at 8 bits, 611% at 4 (upwards, which only
+  shortens a step; downwards, 56%). A few float32 roundings are added. The range is
+  from the map's smallest non-zero code to the block's scale; below it, a first
+  moment may decode to 0 and a second moment is rounded up to the floor (see
+  :mod:`adam_optax._codes`). Used by :func:`adam_optax.diagnostics` as its
   rounding allowance.
 
   References:

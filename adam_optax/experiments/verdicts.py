@@ -105,7 +105,7 @@ def _evidence(pairs: Sequence[dict]) -> str:
       zones = set(c["zones"])
       where = zones.pop() if len(zones) == 1 else "mixed"
       edge = ""
-      if c["edge"]:
+      if c["edge"] and c["verdict"] is not None:  # a check reads the same learning rates
         edge = f"; best lr of {', '.join(c['edge'])} at the grid's edge"
         edge += ", which could reverse it" if c["edge_decides"] else ""
       crossed = c.get("crossings")
@@ -118,7 +118,7 @@ def _evidence(pairs: Sequence[dict]) -> str:
   held = [p for p in pairs if p["verdict"] == HOLDS]
   lines = [said(p) + f" → {p['verdict']}" for p in pairs if p["verdict"] != HOLDS]
   if held:
-    lines.append(f"holds at the other {len(held)} of {len(pairs)}")
+    lines.append(f"the other {len(held)} of {len(pairs)} hold")
   return "; ".join(lines)
 
 

@@ -39,6 +39,7 @@ import jax
 
 from adam_optax.benchmarks import compiles, jax_steps, report, rounds, timing, torch_step
 from adam_optax.benchmarks.trees import TREE_NAMES, TreeSpec, tree_specs
+from adam_optax.experiments import flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,25 +54,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     help=f"trees to run, from {', '.join(TREE_NAMES)} (default: all)",
   )
   parser.add_argument(
-    "--rounds", type=int, help="rounds of round-robin timing per figure (default 10; 3 quick)"
+    "--rounds",
+    type=flags.positive_int,
+    help="rounds of round-robin timing per figure (default 10; 3 quick)",
   )
   parser.add_argument(
-    "--repeats", type=int, help="timed calls of each method per round (default 2; 1 quick)"
+    "--repeats",
+    type=flags.positive_int,
+    help="timed calls of each method per round (default 2; 1 quick)",
   )
   parser.add_argument(
-    "--scan-steps", type=int, help="steps per lax.scan for the device time (default 10; 2 quick)"
+    "--scan-steps",
+    type=flags.positive_int,
+    help="steps per lax.scan for the device time (default 10; 2 quick)",
   )
   parser.add_argument(
     "--compile-budget",
-    type=float,
+    type=flags.number(float, lambda seconds: seconds > 0, "a positive number of seconds"),
     default=600.0,
     metavar="SECONDS",
     help="seconds of compiling per tree (default 600); a program still compiling when they run "
     "out is abandoned and reported as a lower bound, and the tree's later programs are skipped",
   )
   parser.add_argument("--no-torch", action="store_true", help="skip torch.optim.Adam")
-  parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
-  parser.add_argument("--plot", metavar="PATH", help="write a PNG plot of the report")
+  parser.add_argument(
+    "--json", type=flags.output_file, metavar="PATH", help="write the report as JSON"
+  )
+  parser.add_argument(
+    "--plot", type=flags.output_file, metavar="PATH", help="write a PNG plot of the report"
+  )
 
 
 def progress_printer(start: float) -> Callable[[str], None]:
@@ -151,14 +162,11 @@ def _tree_report(
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   """Runs the benchmark; prints the table; returns 0."""
+  del parser  # the flags were checked as they were parsed
   load_at_start = list(os.getloadavg())
   n_rounds = args.rounds if args.rounds is not None else (3 if args.quick else 10)
   repeats = args.repeats if args.repeats is not None else (1 if args.quick else 2)
   scan_steps = args.scan_steps if args.scan_steps is not None else (2 if args.quick else 10)
-  if n_rounds < 1 or repeats < 1 or scan_steps < 1:
-    parser.error("--rounds, --repeats and --scan-steps must be at least 1")
-  if not args.compile_budget > 0:  # also NaN
-    parser.error(f"--compile-budget must be positive seconds, not {args.compile_budget}")
   say = progress_printer(time.perf_counter())
   device = jax.devices()[0]
   platform = device.platform

@@ -134,7 +134,7 @@ def _cell(result: dict[str, Any], key: str, fmt: str) -> str:
   return f">{text}" if took is not None and took["outcome"] == ABANDONED else text
 
 
-def _aligned(cells: list[list[str]], text_columns: int = 1) -> list[str]:
+def aligned(cells: list[list[str]], text_columns: int = 1) -> list[str]:
   """Rows of cells as lines: the first ``text_columns`` left-aligned, the figures right-aligned."""
   widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
   return [
@@ -175,7 +175,7 @@ def _diagnostics_overhead(trees: list[dict[str, Any]]) -> list[str]:
     "diagnostics on vs off, per tree: time with diagnostics=True over the same method "
     f"without (median of per-round ratios; budget {1 + DIAGNOSTICS_BUDGET:.2f}x)"
   )
-  return ["", title, *_aligned(cells, text_columns=2), *left_out]
+  return ["", title, *aligned(cells, text_columns=2), *left_out]
 
 
 def _compile_time(took: dict[str, Any] | None) -> str:
@@ -205,7 +205,7 @@ def _compile_times(trees: list[dict[str, Any]]) -> list[str]:
     "compile seconds per program: total (trace + lower + XLA compile); the device program is "
     f"the lax.scan; compiling spent per tree: {budgets}"
   )
-  return ["", title, *_aligned(cells, text_columns=2)]
+  return ["", title, *aligned(cells, text_columns=2)]
 
 
 def table(report: dict[str, Any]) -> str:
@@ -230,7 +230,7 @@ def table(report: dict[str, Any]) -> str:
     )
     cells = [[title for _, title, _ in COLUMNS]]
     cells += [[_cell(result, key, fmt) for key, _, fmt in COLUMNS] for result in tree["results"]]
-    lines += _aligned(cells)
+    lines += aligned(cells)
     for method, reason in tree.get("left_out", {}).items():
       lines.append(f"left out: {method} ({reason})")
   if report.get("torch_skipped"):
@@ -240,7 +240,7 @@ def table(report: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def plot(report: dict[str, Any], path: str) -> None:
+def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
   """Bars of each method's fraction of roofline and speed-up over optax.adam, per tree."""
   import matplotlib
   import matplotlib.ticker

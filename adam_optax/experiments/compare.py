@@ -29,7 +29,6 @@ import contextlib
 import functools
 import json
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -73,8 +72,7 @@ OWNED = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  """Declares the flags of ``adam-optax compare``; its errors are one line."""
-  flags.one_line_errors(parser)
+  """Declares the flags of ``adam-optax compare``."""
   steps = ", ".join(f"{p.name} {p.steps}" for p in PROBLEMS.values())
   parser.add_argument(
     "--problems",
@@ -223,24 +221,6 @@ def train_all(
   return [record for order in sorted(results) for record in results[order]]
 
 
-def _check_writable(out: Path, parser: argparse.ArgumentParser) -> list[Path]:
-  """Creates ``out`` and writes a probe file there, or exits with a one-line error.
-
-  Returns:
-    The folders it created, outermost first (removed again if the run ends
-    without writing).
-  """
-  created = [folder for folder in (out, *out.parents) if not folder.exists()][::-1]
-  try:
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=out):
-      pass
-  except OSError as error:
-    _remove_empty(created)
-    parser.error(f"cannot write to --out {str(out)!r}: {error.strerror or error}")
-  return created
-
-
 def _remove_empty(folders: list[Path]) -> None:
   """Removes the folders (innermost first) that are still empty."""
   for folder in reversed(folders):
@@ -319,7 +299,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, created: lis
   error = diagnostics.flag_error(args, {p.problem.name for p in programs if p.watched})
   if error:
     parser.error(error)
-  created += _check_writable(args.out, parser)
+  created += [folder for folder in (args.out, *args.out.parents) if not folder.exists()][::-1]
+  error = flags.make_folder(args.out, "--out")
+  if error:
+    parser.error(error)  # run() removes the folders made
   started = time.perf_counter()
   all_records = train_all(programs, datasets)
   judged = verdicts.verdicts(all_records, bases(programs, datasets))

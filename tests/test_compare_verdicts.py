@@ -103,7 +103,7 @@ def test_each_part_is_judged_on_its_own(
   assert (area["statistic"], final["statistic"]) == (report.AREA, report.FINAL)
   assert len(area["ratios"]) == len(SEEDS)
   if adam[0] is None:
-    assert area["ratio"] == "3 of 3 seeds diverged"
+    assert area["ratio"] == "adam diverged on 3 of 3 seeds"
     assert (area["zones"], area["edge"], area["edge_decides"]) == (["higher"] * 3, ["adam"], True)
 
 

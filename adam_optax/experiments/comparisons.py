@@ -126,12 +126,24 @@ def every(verdicts: Sequence[str]) -> str:
   return FAILS if FAILS in verdicts else INCONCLUSIVE
 
 
-def describe(values: np.ndarray) -> str:
-  """Mean [min–max], or how many seeds diverged."""
-  finite = values[np.isfinite(values)]
-  if len(finite) < len(values):
-    return f"{len(values) - len(finite)} of {len(values)} seeds diverged"
-  return f"{values.mean():.3g} [{values.min():.3g}–{values.max():.3g}]"
+def describe(a: Key, b: Key, va: np.ndarray, vb: np.ndarray) -> str:
+  """The ratios ``va / vb`` as mean [min–max] over seeds, or which setting diverged where.
+
+  Examples:
+    >>> describe("a", "b", np.array([1.0, 2.0]), np.array([2.0, 2.0]))
+    '0.75 [0.5–1]'
+    >>> describe("a", "b", np.array([1.0, np.inf]), np.array([np.inf, 2.0]))
+    'a diverged on 1 of 2 seeds; b diverged on 1 of 2 seeds'
+  """
+  diverged = [
+    f"{name_of(key)} diverged on {np.isinf(v).sum()} of {len(v)} seeds"
+    for key, v in ((a, va), (b, vb))
+    if np.isinf(v).any()
+  ]
+  if diverged:
+    return "; ".join(diverged)
+  ratio = va / vb
+  return f"{ratio.mean():.3g} [{ratio.min():.3g}–{ratio.max():.3g}]"
 
 
 def compare(
@@ -141,6 +153,7 @@ def compare(
   sa, sb = summaries[a], summaries[b]
   va, vb = ({r["seed"]: report.value(r, statistic) for r in s.runs} for s in (sa, sb))
   ratio = ratios(va, vb)
+  seeds = sorted(set(va) & set(vb))
   zones = [zone(r, margin) for r in ratio]
   verdict = outcome(kind, zones)
   decides = rests_on_edge(kind, verdict, zones, sa.at_edge, sb.at_edge)
@@ -151,7 +164,7 @@ def compare(
     "a_values": [report.number(v) for v in va.values()],
     "b_values": [report.number(v) for v in vb.values()],
     "ratios": [report.number(r) for r in ratio],
-    "ratio": describe(ratio),
+    "ratio": describe(a, b, *(np.array([v[s] for s in seeds]) for v in (va, vb))),
     "zones": zones,
     "edge": [name_of(key) for key, s in ((a, sa), (b, sb)) if s.at_edge],
     "edge_decides": decides,

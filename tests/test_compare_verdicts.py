@@ -252,10 +252,10 @@ def test_what_this_run_shows_opens_with_the_answer_the_parts_and_the_margins() -
   lines = text.splitlines()
   assert lines[0] == "## What this run shows"
   assert lines[2].startswith('**"Adam performs better in every experiment"**')
-  assert "**no** in this run" in lines[2]
+  assert "? **No**, not in this run: Adam converges faster" in lines[2]
   said = "in 1 of the 2 experiments that compare optimizers (figure 1 (right) (synthetic data))"
   assert said in lines[2]
-  assert "; in figure 1 (left) not faster than sgd_nesterov (does not hold)." in lines[2]
+  assert "; figure 1 (left): not faster than sgd_nesterov." in lines[2]
   assert lines[4].startswith("- **Figure 1 (left)** (§6.1, L2-regularized logistic regression): ")
   assert "**2 of 2 parts hold**." in lines[4]
   assert lines[5].endswith("*On synthetic data.*")

@@ -209,22 +209,27 @@ def _figures(judged: Sequence[dict[str, Any]]) -> str:
 def answer(judged: Sequence[dict[str, Any]]) -> str:
   """Whether "Adam performs better in every experiment", as this run measures it."""
   compared = [j for j in judged if j.get("adam_faster_than")]
-  opening = f'**"Adam performs better in every experiment"** ({NOTE} sums up section 6 so): '
+  opening = f'**"Adam performs better in every experiment"**, as {NOTE} sums up section 6? '
   if not compared:
-    return opening + "this run cannot say; it trained Adam with no other optimizer."
+    return opening + "This run cannot say: it trained Adam with no other optimizer."
   faster = [j for j in compared if all(v == HOLDS for v in j["adam_faster_than"].values())]
+  verdict = "**Yes**, in this run" if len(faster) == len(compared) else "**No**, not in this run"
   said = [
-    f"{'**yes**' if len(faster) == len(compared) else '**no**'} in this run. Adam converges "
-    "faster (a log-loss area lower beyond the margin, curves that do not cross) than every "
-    "other optimizer it was trained "
-    f"with in {len(faster)} of the {len(compared)} experiments that compare optimizers"
+    f"{verdict}: Adam converges faster (a log-loss area lower beyond the margin, and curves "
+    "that do not cross) than every other optimizer it was trained with in "
+    f"{len(faster)} of the {len(compared)} experiments that compare optimizers"
     + (f" ({_figures(faster)})" if faster else "")
   ]
   for j in compared:
-    if j not in faster:
-      others = j["adam_faster_than"].items()
-      listed = ", ".join(f"{name} ({verdict})" for name, verdict in others if verdict != HOLDS)
-      said.append(f"in {_figures([j])} not faster than {listed}")
+    if j in faster:
+      continue
+    by = {
+      v: [name for name, w in j["adam_faster_than"].items() if w == v]
+      for v in (FAILS, INCONCLUSIVE)
+    }
+    lost = [f"not faster than {', '.join(by[FAILS])}"] if by[FAILS] else []
+    lost += [f"undecided against {', '.join(by[INCONCLUSIVE])}"] if by[INCONCLUSIVE] else []
+    said.append(f"{_figures([j])}: {' and '.join(lost)}")
   said += [
     f"figure 4 compares Adam with itself without bias correction: {j['verdict']}"
     for j in judged

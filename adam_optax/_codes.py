@@ -1,37 +1,59 @@
 r"""The codebooks of :class:`adam_optax.Quantized`: computed codes, no table search.
 
-Both maps are minifloats *relative to the block*: a value :math:`x \in [0, 1]`
-(a magnitude over the block's scale) has the code of the nearest of
+A map stores a magnitude :math:`x \in [0, 1]` (a value over its block's scale)
+as the code :math:`k \in \{k_0, \dots, K\}` of the nearest of its values
+:math:`c(k)`, :math:`c(K) = 1`. Codes are computed with a few arithmetic or
+integer operations, where a codebook search (``searchsorted`` over 256 values)
+costs some 60 times more on a CPU. Values arrive in blocks, ``(..., blocks,
+size)`` float32; codes are ``uint8``, 4-bit codes packed two to a byte.
 
-.. math::
+* **8 bits: minifloats.** The float32 numbers of :math:`M` mantissa bits,
+  counted down from 1:
 
-  c(k) = 2^{(k - K)/2^{M}}, \qquad k = 0, \dots, K,
+  .. math::
 
-:math:`2^M` codes per octave below the top code :math:`c(K) = 1`. The code is
-the float32 bit pattern of :math:`x`, shifted: IEEE-754 bits are a piecewise
-linear :math:`\log_2`, so adding half a code to the bits and shifting rounds to
-the nearest code, with integer operations only. Encoding a block so costs
-about what a float32 Adam step costs, where a codebook search
-(``searchsorted`` over 256 values) costs some 60 times more on a CPU. Values
-arrive in blocks, ``(..., blocks, size)`` float32; codes are ``uint8``, 4-bit
-codes packed two to a byte.
+    c(k) = 2^{e}\,\bigl(1 + j/2^{M}\bigr), \qquad k - K = e\, 2^{M} + j,
+    \quad 0 \le j < 2^{M},
+
+  :math:`2^M` codes per octave, evenly spaced within it. The code is the
+  float32 bit pattern of :math:`x`, shifted: adding half a code to the bits and
+  shifting right rounds to the nearest code (the bits are linear in :math:`x`
+  within an octave). Rounding errs most just past the first midpoint of an
+  octave, :math:`x = 2^e (1 + 2^{-M-1})`: by :math:`\delta_M = 1/(2^{M+1} + 1)`.
+* **4 bits: square maps.** :math:`c(k) = ((k + z)/N)^2`, :math:`N = K + z`: fine
+  steps near the block's largest value, where a 4-bit step is felt most, and a
+  range of :math:`2 \log_2 N` octaves. The code is :math:`j = \lfloor N \sqrt
+  x \rfloor`, plus one past the cut: the midpoint of :math:`j^2` and
+  :math:`(j+1)^2`, or, for :math:`\sqrt v`, :math:`1.5\, j^2` where that is lower,
+  so that :math:`\sqrt v` is never read low by more than a third (a step at most
+  1.5 times float32's, as with powers of two). Rounding errs most at the cut
+  between :math:`(1/N)^2` and :math:`(2/N)^2`: by :math:`\delta = 3/5` either way
+  for :math:`m`, by up to :math:`\delta = 5/3` upwards for :math:`\sqrt v` (near
+  the top, by 15% for :math:`N = 7` and 6.4% for :math:`N = 16`).
+
+Inside a map's range :math:`[c(k_0), 1]` (its smallest non-zero code up) a
+decoded value is within :math:`\delta` of :math:`x` relatively
+(:func:`relative_error` adds the few float32 roundings of scaling and decoding).
 
 * **Signed** (a first moment :math:`m`): the scale is the block's absolute
   maximum, stored in bfloat16 (:math:`\beta_1 = 0.9` moves :math:`m` far more
   than bfloat16 rounds). A code is a sign and a magnitude :math:`k \le K =
-  2^{b-1} - 1`, where :math:`k = 0` is exactly 0: at 8 bits :math:`M = 3`, an
-  e4m3-like grid over 16 octaves (relative error :math:`\le 4.4\%`); at 4 bits
-  :math:`M = 0`, powers of two over 7 octaves.
+  2^{b-1} - 1`, where :math:`k = 0` is exactly 0 (:math:`k_0 = 1`, :math:`z =
+  0`): at 8 bits :math:`M = 3`, an e4m3-like grid over 16 octaves
+  (:math:`\delta_3 = 1/17`, 5.9%); at 4 bits :math:`(k/7)^2`, 5.6 octaves.
 * **Unsigned** (a second moment :math:`v`, a running maximum): the map codes
   :math:`r = \sqrt v`, whose dynamic range in octaves is half of :math:`v`'s,
   over the block's largest :math:`r`, stored in float32 (it is the block's
   largest element exactly, and :math:`\beta_2 = 0.999` moves it less than
-  bfloat16 resolves). :math:`K = 2^b - 1` and there is no zero: code 0 is
-  :math:`c(0) > 0` (at 8 bits :math:`M = 4`, 16 octaves of :math:`r`; at 4
-  bits :math:`M = 0`, 15 octaves), and smaller values are rounded up to it.
-  So a non-zero :math:`v` never decodes to 0 (the zero-point problem: a
-  :math:`v` read as 0 makes a step :math:`m/\epsilon`), and never to less
-  than it is by more than the rounding: the floor only ever shortens a step.
+  bfloat16 resolves). :math:`K = 2^b - 1` and there is no zero (:math:`k_0 =
+  0`, :math:`z = 1`): code 0 is :math:`c(0) > 0` (at 8 bits :math:`M = 4`, 16
+  octaves of :math:`r`; at 4 bits :math:`((k+1)/16)^2`, 8 octaves), and smaller
+  values are rounded up to it. So a non-zero :math:`v` never decodes to 0 (the
+  zero-point problem: a :math:`v` read as 0 makes a step :math:`m/\epsilon`),
+  and never to less than :math:`(1 - \delta_4)^2 v` (8 bits) or :math:`(2/3)^2 v`
+  (4 bits): the floor only ever shortens a step. :math:`v = r^2` is within
+  :math:`(1 + \delta)^2 - 1`: 6.2% at 8 bits, and at 4 bits up to 611% upwards
+  (read high, near the floor: a shorter step), 56% downwards.
 """
 
 from __future__ import annotations
@@ -41,10 +63,17 @@ import jax
 import jax.numpy as jnp
 
 _ONE_BITS = 0x3F800000  # the float32 bit pattern of 1.0
+# Scaling (a reciprocal and a product, a square root for v) and decoding (a
+# product, a square for v) each round once in float32: a few units of 2^-24.
+_FLOAT_SLACK = 2.0**-20
 
-# Mantissa bits M by (signed, bits), chosen on the least-squares problem of
-# adam_optax.benchmarks.lowbit (docs/low_memory_states.md has the comparison).
-MANTISSA = {(True, 8): 3, (True, 4): 0, (False, 8): 4, (False, 4): 0}
+# The 8-bit maps' mantissa bits M, of m's map and of sqrt(v)'s, chosen on the
+# least-squares problem of adam_optax.benchmarks.lowbit; the 4-bit maps are square
+# maps, chosen on torchao's low-bit test model (docs/low_memory_states.md).
+MANTISSA = {True: 3, False: 4}
+# The square maps' largest relative rounding error, at the cut between (1/N)^2 and (2/N)^2:
+# either way for m's map; upwards for sqrt(v)'s, whose cut is 1.5 (1/N)^2.
+_SQUARE_DELTA = {True: 3 / 5, False: 5 / 3}
 
 
 def _top(signed: bool, bits: int) -> int:
@@ -52,17 +81,47 @@ def _top(signed: bool, bits: int) -> int:
   return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
 
 
-def _code(x: chex.Array, top: int, mantissa: int) -> chex.Array:
-  """The nearest code ``k`` in ``[0, top]`` of ``x`` in ``[0, 1]`` (int32)."""
-  shift = 23 - mantissa
-  offset = jax.lax.bitcast_convert_type(x, jnp.int32) - _ONE_BITS + (1 << (shift - 1))
-  return jnp.clip((offset >> shift) + top, 0, top)
+def relative_error(signed: bool, bits: int) -> float:
+  r"""The largest relative error of a decoded value inside its map's range.
+
+  :math:`\delta` is the map's largest relative rounding error, :math:`\delta_M =
+  1/(2^{M+1} + 1)` for a minifloat (8 bits), :math:`3/5` for the signed square map
+  and :math:`5/3` (upwards) for the unsigned one (4 bits); a signed value errs by
+  :math:`\delta`, an unsigned one (coded as :math:`\sqrt v`) by :math:`(1 +
+  \delta)^2 - 1`, plus float32 rounding. The range is :math:`[c(k_0), 1]` times the
+  block's scale.
+  """
+  delta = 1.0 / (2 ** (MANTISSA[signed] + 1) + 1) if bits == 8 else _SQUARE_DELTA[signed]
+  return (delta if signed else (1.0 + delta) ** 2 - 1.0) + _FLOAT_SLACK
 
 
-def _value(k: chex.Array, top: int, mantissa: int) -> chex.Array:
-  """The value ``2 ** ((k - top) / 2 ** mantissa)`` of code ``k``, float32."""
-  bits = ((k.astype(jnp.int32) - top) << (23 - mantissa)) + _ONE_BITS
-  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+def _code(x: chex.Array, signed: bool, bits: int) -> chex.Array:
+  """The nearest code ``k`` in ``[0, K]`` of ``x`` in ``[0, 1]`` (int32); above 1: ``K``."""
+  top = _top(signed, bits)
+  if bits == 8:  # minifloat: round the float32 bits at M mantissa bits
+    shift = 23 - MANTISSA[signed]
+    offset = jax.lax.bitcast_convert_type(x, jnp.int32) - _ONE_BITS + (1 << (shift - 1))
+    return jnp.clip((offset >> shift) + top, 0, top)
+  # square map: c(k) = ((k + z) / N)^2; N^2 x lies between j^2 and (j + 1)^2.
+  zero_free = 0 if signed else 1
+  squared = x * float((top + zero_free) ** 2)
+  j = jnp.floor(jnp.sqrt(squared))
+  cut = j * (j + 1) + 0.5  # the midpoint of j^2 and (j + 1)^2
+  if not signed:  # but sqrt(v) is never read low by more than a third
+    cut = jnp.minimum(cut, 1.5 * j * j)
+  return jnp.clip((j + (squared > cut)).astype(jnp.int32) - zero_free, 0, top)
+
+
+def _value(k: chex.Array, signed: bool, bits: int) -> chex.Array:
+  """The value :math:`c(k)` of code ``k``, float32."""
+  top = _top(signed, bits)
+  k = k.astype(jnp.int32)
+  if bits == 8:  # minifloat: the float32 bits k - K codes below 1
+    return jax.lax.bitcast_convert_type(
+      ((k - top) << (23 - MANTISSA[signed])) + _ONE_BITS, jnp.float32
+    )
+  zero_free = 0 if signed else 1
+  return jnp.square(k + zero_free).astype(jnp.float32) / float((top + zero_free) ** 2)
 
 
 def _inverse(scale: chex.Array) -> chex.Array:
@@ -81,9 +140,8 @@ def encode_signed(blocks: chex.Array, bits: int) -> tuple[chex.Array, chex.Array
   rounded scale, so decoding sees the scale encoding saw. Magnitude code 0
   is 0: magnitudes below :math:`c(1)` minus half a code are stored as 0.
   """
-  top, mantissa = _top(True, bits), MANTISSA[True, bits]
   scale = jnp.max(jnp.abs(blocks), axis=-1).astype(jnp.bfloat16)
-  k = _code(jnp.abs(blocks) * _inverse(scale), top, mantissa)  # over 1 (rounded scale): clipped
+  k = _code(jnp.abs(blocks) * _inverse(scale), True, bits)  # over 1 (rounded scale): clipped
   q = jnp.where(blocks < 0, -k, k)
   return q.astype(jnp.int8).view(jnp.uint8), scale
 
@@ -94,7 +152,7 @@ def decode_signed(codes: chex.Array, scale: chex.Array, bits: int) -> chex.Array
   if bits == 4:  # sign-extend the nibble
     q = jnp.where(q > 7, q - 16, q)
   k = jnp.abs(q)
-  magnitude = jnp.where(k > 0, _value(k, _top(True, bits), MANTISSA[True, bits]), 0.0)
+  magnitude = jnp.where(k > 0, _value(k, True, bits), 0.0)
   return jnp.where(q < 0, -magnitude, magnitude) * scale.astype(jnp.float32)[..., None]
 
 
@@ -102,13 +160,13 @@ def encode_unsigned(blocks: chex.Array, bits: int) -> tuple[chex.Array, chex.Arr
   """Codes and float32 scales of the zero-free square-root map (values >= 0)."""
   root = jnp.sqrt(blocks)
   scale = jnp.max(root, axis=-1)
-  k = _code(root * _inverse(scale), _top(False, bits), MANTISSA[False, bits])
+  k = _code(root * _inverse(scale), False, bits)
   return k.astype(jnp.uint8), scale
 
 
 def decode_unsigned(codes: chex.Array, scale: chex.Array, bits: int) -> chex.Array:
   """The float32 blocks of codes of :func:`encode_unsigned` (unpacked)."""
-  root = _value(codes, _top(False, bits), MANTISSA[False, bits]) * scale[..., None]
+  root = _value(codes, False, bits) * scale[..., None]
   return root * root
 
 

@@ -4,11 +4,13 @@ Three measurements of ``ao.adam`` with :class:`adam_optax.Quantized` moments:
 
 * **bytes/param**: the bytes of the state's arrays (codes and scales) over the
   parameter count, for one leaf of ``--size`` parameters.
-* **quality**: the final loss after 300 full-batch steps (lr 1e-3) of a
-  least-squares problem whose feature scales, and so gradient scales, span
-  :math:`10^3` within every block, relative to float32 Adam on the same data;
-  torchao's ``AdamW8bit``/``AdamW4bit`` (``weight_decay=0``: Adam) relative to
-  ``torch.optim.Adam`` on the same data, where torchao is installed.
+* **quality** (:mod:`adam_optax.benchmarks.fidelity`): how far training departs from
+  float32 Adam's on the same data, ours from ``ao.adam``'s and torchao's ``AdamW8bit``/
+  ``AdamW4bit`` (``weight_decay=0``: Adam) from ``torch.optim.Adam``'s, where torchao is
+  installed: on a least-squares problem whose gradient scales span :math:`10^3` within
+  every block, the final loss ratio after 300 full-batch steps (lr 1e-3) and the relative
+  deviation of the parameters; on torchao's low-bit test model, the largest gap of any
+  parameter after 20 steps.
 * **speed**: one jitted, donated step (update and ``optax.apply_updates``) of
   one leaf, every method timed round-robin (:mod:`adam_optax.benchmarks.rounds`),
   ratios the median of per-round ratios to ``optax.adam``; and the step's peak
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import platform
@@ -30,89 +31,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import adam_optax as ao
-from adam_optax.benchmarks import compiles, rounds
+from adam_optax.benchmarks import compiles, fidelity, rounds
 from adam_optax.benchmarks import report as bench_report
+from adam_optax.benchmarks.fidelity import LEARNING_RATE
 from adam_optax.experiments import flags
-
-LEARNING_RATE = 1e-3
-STEPS = 300
 
 
 def formats() -> dict[str, ao.Quantized | None]:
   """The storage formats compared, by name (``None``: float32)."""
   return {"float32": None, "8-bit": ao.Quantized(8), "4-bit": ao.Quantized(4)}
-
-
-@dataclasses.dataclass(frozen=True)
-class LeastSquares:
-  r"""Least squares, :math:`\min_W \tfrac12 \operatorname{mean}_n \|W x_n - y_n\|^2`.
-
-  :math:`W \in \mathbb R^{128 \times 64}`.
-
-  Feature :math:`i` has scale :math:`c_i = 10^{u_i}`, :math:`u_i \sim U(-1.5, 1.5)`, so
-  the gradient of row-major :math:`W` spans :math:`10^3` inside every block of 128 or 256
-  elements; :math:`W^\star \sim 0.03\, N(0, 1)`, targets with noise 0.1.
-  """
-
-  features: np.ndarray
-  targets: np.ndarray
-
-  @property
-  def shape(self) -> tuple[int, int]:
-    """The shape of :math:`W`."""
-    return (self.targets.shape[1], self.features.shape[1])
-
-
-def least_squares(seed: int = 0, examples: int = 1024) -> LeastSquares:
-  """The problem of :class:`LeastSquares`, float32, from ``seed``."""
-  rng = np.random.default_rng(seed)
-  scales = 10 ** rng.uniform(-1.5, 1.5, 64)
-  features = rng.normal(size=(examples, 64)) * scales
-  target_weights = rng.normal(size=(128, 64)) * 0.03
-  targets = features @ target_weights.T + 0.1 * rng.normal(size=(examples, 128))
-  return LeastSquares(features.astype(np.float32), targets.astype(np.float32))
-
-
-def final_loss(
-  tx: optax.GradientTransformation, problem: LeastSquares, steps: int = STEPS
-) -> float:
-  """The loss after ``steps`` full-batch steps of ``tx`` from :math:`W = 0`."""
-  x, y = jnp.asarray(problem.features), jnp.asarray(problem.targets)
-
-  def loss(w: jax.Array) -> jax.Array:
-    return 0.5 * jnp.mean(jnp.sum((x @ w.T - y) ** 2, axis=1))
-
-  def step(carry: Any, _: None) -> tuple[Any, None]:
-    w, state = carry
-    updates, state = tx.update(jax.grad(loss)(w), state, w)
-    return (optax.apply_updates(w, updates), state), None
-
-  w = jnp.zeros(problem.shape, jnp.float32)
-  w, _ = jax.jit(lambda w, s: jax.lax.scan(step, (w, s), None, steps)[0])(w, tx.init(w))
-  return float(loss(w))
-
-
-def torch_final_loss(make_optimizer: Callable[[Any], Any], problem: LeastSquares) -> float:
-  """:func:`final_loss` for a torch optimizer, ``make_optimizer([param])``."""
-  import torch
-
-  x, y = torch.from_numpy(problem.features), torch.from_numpy(problem.targets)
-  w = torch.nn.Parameter(torch.zeros(problem.shape))
-  optimizer = make_optimizer([w])
-
-  def loss() -> torch.Tensor:
-    return 0.5 * ((x @ w.T - y) ** 2).sum(1).mean()
-
-  for _ in range(STEPS):
-    optimizer.zero_grad()
-    loss().backward()
-    optimizer.step()
-  with torch.no_grad():
-    return float(loss())
 
 
 def torchao_unavailable() -> str | None:
@@ -199,25 +129,42 @@ def speed(size: int, n_rounds: int, repeats: int) -> dict[str, dict[str, float]]
   return rows
 
 
-def quality(seeds: int) -> dict[str, dict[str, float]]:
-  """Final loss relative to float32 Adam, median over ``seeds`` problems, ours and torchao's."""
-  ratios: dict[str, list[float]] = {}
+def quality(seeds: int) -> dict[str, dict[str, Any]]:
+  """How each low-bit Adam follows its own float32 Adam, medians over ``seeds`` problems.
+
+  Ours against ``ao.adam``, torchao's against ``torch.optim.Adam``: on
+  :func:`~adam_optax.benchmarks.fidelity.least_squares`, the final loss ratio
+  (``loss_ratio``, and every seed's in ``loss_ratios``) and the parameters'
+  relative ``deviation``; on torchao's test model
+  (:func:`~adam_optax.benchmarks.fidelity.two_layer`), the largest parameter gap, ``drift``.
+  """
+  methods = {f"ao.adam {name}": fmt for name, fmt in formats().items()}
+  makers = {f"torchao {name}": make for name, make in torchao_optimizers().items()}
+  figures: dict[str, dict[str, list[float]]] = {}
   for seed in range(seeds):
-    problem = least_squares(seed)
-    losses = {
-      f"ao.adam {name}": final_loss(ao.adam(LEARNING_RATE, mu_dtype=fmt, nu_dtype=fmt), problem)
-      for name, fmt in formats().items()
-    }
-    losses |= {
-      f"torchao {name}": torch_final_loss(make, problem)
-      for name, make in torchao_optimizers().items()
-    }
-    for name, value in losses.items():
-      reference = "ao.adam float32" if name.startswith("ao") else "torchao float32"
-      ratios.setdefault(name, []).append(value / losses[reference])
+    for problem in (fidelity.least_squares(seed), fidelity.two_layer(seed)):
+      runs = {
+        name: fidelity.train(ao.adam(LEARNING_RATE, mu_dtype=fmt, nu_dtype=fmt), problem)
+        for name, fmt in methods.items()
+      }
+      runs |= {name: fidelity.torch_train(make, problem) for name, make in makers.items()}
+      for name, params in runs.items():
+        reference = runs[("ao.adam" if name.startswith("ao") else "torchao") + " float32"]
+        record = figures.setdefault(name, {})
+        if problem.stream is None:  # least squares
+          ratio = fidelity.final_loss(problem, params) / fidelity.final_loss(problem, reference)
+          record.setdefault("loss_ratios", []).append(ratio)
+          record.setdefault("deviation", []).append(fidelity.deviation(params, reference))
+        else:
+          record.setdefault("drift", []).append(fidelity.drift(params, reference))
   return {
-    name: {"loss_ratio": statistics.median(r), "loss_ratios": r}
-    for name, r in ratios.items()
+    name: {
+      "loss_ratio": statistics.median(record["loss_ratios"]),
+      "loss_ratios": record["loss_ratios"],
+      "deviation": statistics.median(record["deviation"]),
+      "drift": statistics.median(record["drift"]),
+    }
+    for name, record in figures.items()
     if "float32" not in name
   }
 
@@ -283,6 +230,8 @@ COLUMNS = (
   ("ms", "ms/step", "{:.1f}"),
   ("time_vs_optax", "/ optax", "{:.2f}"),
   ("loss_ratio", "loss / fp32", "{:.4f}"),
+  ("deviation", "deviation", "{:.3g}"),
+  ("drift", "drift (model)", "{:.3g}"),
 )
 
 

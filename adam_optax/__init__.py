@@ -2,6 +2,7 @@
 
 from adam_optax.averaging import AveragedParamsState, average_params, averaged_params
 from adam_optax.bias import bias_correct
+from adam_optax.conversion import convert_state
 from adam_optax.diagnosis import DiagnosticsState, diagnose, diagnostics
 from adam_optax.flat import FlatParams, Layout, flat_train_step, flatten_params, update_and_apply
 from adam_optax.lr import scale_by_lr
@@ -30,6 +31,7 @@ __all__ = [
   "average_params",
   "averaged_params",
   "bias_correct",
+  "convert_state",
   "dequantize",
   "diagnose",
   "diagnostics",

@@ -145,7 +145,7 @@ def _as_saved(node: Any, path: str, formats: dict[str, Any], wanted: dict[str, A
 
 
 def _read_as(plan: conversion.Plan, saved: Any, target: Any, default: Any) -> Any:
-  """What orbax reads: each saved leaf placed where its rule needs it; the unused ones skipped.
+  """What orbax reads: each saved leaf placed where its rule needs it.
 
   A leaf copied as it is goes straight to its target's sharding; one to be
   converted (its shape changes) is read whole onto the devices of its target.
@@ -158,8 +158,8 @@ def _read_as(plan: conversion.Plan, saved: Any, target: Any, default: Any) -> An
       uses.setdefault(rule.source, (rule.kind, wanted))
 
   def read(index: int, leaf: Any) -> Any:
-    if index not in uses:
-      return jax.tree.map(lambda _: ocp.PLACEHOLDER, leaf)
+    if index not in uses:  # dropped; orbax reads every leaf of the tree it is given
+      return jax.tree.map(lambda s: s.update(sharding=default), leaf)
     kind, wanted = uses[index]
     if kind == "copy":
       return jax.tree.map(

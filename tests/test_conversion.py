@@ -57,7 +57,9 @@ def _half(grads: Any, which: int) -> Any:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_optax_and_ours_continue_each_other_bit_for_bit_inside_a_chain(name: str) -> None:
+def test_optax_and_ours_continue_each_other_bit_for_bit_inside_a_chain(
+  name: str, tmp_path: pathlib.Path
+) -> None:
   # The bare optimizers are tested inside nnx.Optimizer below.
   ours, theirs = (optax.chain(optax.clip_by_global_norm(1.0), tx) for tx in both(name, 1e-2))
   params, grads = _params(), _grads(2 * HALF)
@@ -65,14 +67,18 @@ def test_optax_and_ours_continue_each_other_bit_for_bit_inside_a_chain(name: str
   # The oracle: 100 steps of optax, never converted.
   halfway = run_theirs(params, theirs.init(params), _half(grads, 0))
   reference = run_theirs(*halfway, _half(grads, 1))
-  # 50 steps of optax, converted to ours, 50 more; and the other way round.
-  ours_after = run_ours(
-    halfway[0], ao.convert_state(halfway[1], ours.init(params)), _half(grads, 1)
-  )
+  # 50 steps of optax, converted to ours (in memory, or from its checkpoint), 50 more.
+  converted = ao.convert_state(halfway[1], ours.init(params))
+  save_checkpoint(tmp_path / "optax", halfway[1])
+  assert_trees_equal(restore_checkpoint(tmp_path / "optax", ours.init(params)), converted)
+  ours_after = run_ours(halfway[0], converted, _half(grads, 1))
+  # And the other way round.
   halfway = run_ours(params, ours.init(params), _half(grads, 0))
-  theirs_after = run_theirs(
-    halfway[0], ao.convert_state(halfway[1], theirs.init(params)), _half(grads, 1)
-  )
+  converted = ao.convert_state(halfway[1], theirs.init(params))
+  save_checkpoint(tmp_path / "ours", halfway[1])
+  assert_trees_equal(restore_checkpoint(tmp_path / "ours", theirs.init(params)), converted)
+  theirs_after = run_theirs(halfway[0], converted, _half(grads, 1))
+
   assert_trees_equal(theirs_after, reference)
   assert_trees_equal(ours_after[0], reference[0])
   assert_trees_equal(ao.convert_state(ours_after[1], theirs.init(params)), reference[1])

@@ -184,7 +184,7 @@ def _reading(path: pathlib.Path, read: Callable[[], Any]) -> Any:
     # TensorStore names the array it failed on as the path of its kvstore.
     array = re.search(r"'path': '([^'/]+)/'", message)
     where = f" the array {array.group(1)}" if array else ""
-    first = message.splitlines()[0][:200] if message else type(error).__name__
+    first = f"{type(error).__name__}: {message.splitlines()[0][:200] if message else ''}"
     raise ValueError(
       f"The checkpoint at {path} could not be read (a truncated or damaged file?):{where} "
       f"{first}; nothing was restored."

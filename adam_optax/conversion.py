@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import chex
@@ -79,7 +80,7 @@ def key_name(key: Any) -> str:
   return str(_fields._name(key))
 
 
-def _nodes(tree: Any, path: Path = ()) -> Any:
+def _nodes(tree: Any, path: Path = ()) -> Iterator[tuple[Path, dict[str, Any]]]:
   """Every inner node of ``tree`` above the stored leaves, as ``(path, named children)``."""
   named = _fields.children(tree)
   if named is None or quantized.is_quantized(tree):
@@ -105,9 +106,9 @@ def _optimizers(tree: Any) -> list[_Optimizer]:
       continue
     nu_max, pieces, seen = None, {}, {}
     for key in chain:
-      fields = tuple(sorted(named_at.get((*path[:-1], key), {})))
       if key == path[-1]:
         continue
+      fields = tuple(sorted(named_at.get((*path[:-1], key), {})))
       if fields == ("nu_max",) and nu_max is None and "nu_max" not in named:
         nu_max = (*path[:-1], key, "nu_max")
         continue

@@ -84,6 +84,31 @@ def test_optax_and_ours_continue_each_other_bit_for_bit_inside_a_chain(
   assert_trees_equal(ao.convert_state(ours_after[1], theirs.init(params)), reference[1])
 
 
+WRAPPED: dict[str, Callable[[Any], optax.GradientTransformation]] = {
+  "inject_hyperparams": lambda opt: optax.inject_hyperparams(opt)(learning_rate=1e-2),
+  "multi_steps": lambda opt: optax.MultiSteps(opt(1e-2), 2),
+  "apply_if_finite": lambda opt: optax.apply_if_finite(opt(1e-2), 3),
+  "multi_transform": lambda opt: optax.multi_transform(
+    {"adam": opt(1e-2), "sgd": optax.sgd(1e-2)}, {"w": "adam", "b": "sgd"}
+  ),
+  "masked": lambda opt: optax.masked(opt(1e-2), {"w": True, "b": False}),
+}
+
+
+@pytest.mark.parametrize("wrapper", WRAPPED)
+def test_the_moments_are_found_inside_every_optax_wrapper(wrapper: str) -> None:
+  ours, theirs = (WRAPPED[wrapper](opt) for opt in OPTIMIZERS["amsgrad"])
+  params, grads = _params(), jax.tree.map(lambda g: g[0], _grads(1))
+  state = theirs.init(params)
+  for _ in range(3):
+    state = theirs.update(grads, state, params)[1]
+  converted = ao.convert_state(state, ours.init(params))
+  assert_trees_equal(
+    ours.update(grads, converted, params)[0], theirs.update(grads, state, params)[0]
+  )
+  assert_trees_equal(ao.convert_state(converted, theirs.init(params)), state)
+
+
 def _batches(start: int) -> tuple[jax.Array, jax.Array]:
   """Regression batches of steps ``start`` .. ``start + HALF``, stacked for a scan."""
   kx, ky = jax.random.split(jax.random.key(100 + start))

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from adam_optax import _fields, quantized
-from adam_optax.diagnosis import DiagnosticsState
+from adam_optax.lr import ScaleByLrState
+from adam_optax.normalize import NormalizeState
 
 Path = tuple[str, ...]
 # A leaf's place in a state: its owner (a field of an optimizer's moments, a
@@ -35,11 +36,26 @@ Place = tuple[tuple[Any, ...], Path]
 
 _MOMENTS = ("count", "mu", "nu")
 _STORED = ("mu", "nu", "nu_max")  # param-shaped, in a storage format: converted
-# Pieces whose state is derived from the rest, remade by the next step: a
-# schedule's own step count (optax.scale_by_learning_rate) is the moments'
-# count; ao.diagnose's scalars are recorded anew by every update.
-_SCHEDULE_COUNT = ("count",)
-_DIAGNOSTICS = tuple(sorted(DiagnosticsState._fields))
+# The diagnostics records of normalize and scale_by_lr (diagnostics=True): each
+# step writes them anew, so a state may lose them or start them at zero.
+_RECORDS = (NormalizeState._fields, ScaleByLrState._fields)
+
+
+def _derived(owner: tuple[Any, ...], rest: Path) -> str | None:
+  """How a leaf of a chain's piece is remade when the other state lacks it, if it can be.
+
+  ``"count"``: a step count (a schedule's, ``optax.scale_by_learning_rate``'s,
+  also inside ``scale_by_lr``'s record), which is the moments' ``count``;
+  ``"zeros"``: a diagnostics record; ``None``: state that only the state holds.
+  """
+  if owner[0] != "piece":
+    return None
+  if "count" in rest:
+    return "count"
+  fields = set(owner[2])
+  if any(record[0] in fields and fields <= set(record) for record in _RECORDS):
+    return "zeros"
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +222,7 @@ def plan(state: Any, like: Any, *, allow_drop: bool = False, source: str = "stat
   for path, leaf, place in zip(want.paths, want.leaves, want.places, strict=True):
     (owner, _), i = place, index.get(place)
     if i is None:
-      rules.append(_fill(owner, have, f"at {dotted(path)} ({describe(leaf)})", source))
+      rules.append(_fill(place, have, f"at {dotted(path)} ({describe(leaf)})", source))
     elif same_format(have.leaves[i], leaf):
       rules.append(Rule("copy", i))
     elif owner[0] == "field" and owner[2] in _STORED and _convertible(have.leaves[i], leaf):
@@ -221,7 +237,7 @@ def plan(state: Any, like: Any, *, allow_drop: bool = False, source: str = "stat
   used = {rule.source for rule in rules}
   owners = {owner for owner, _ in want.places}
   for i, (path, (owner, rest)) in enumerate(zip(have.paths, have.places, strict=True)):
-    if i in used or (owner[0] == "piece" and owner[2] in (_SCHEDULE_COUNT, _DIAGNOSTICS)):
+    if i in used or _derived(owner, rest) is not None:
       continue
     # A field or piece the target lacks altogether is dropped; a leaf missing
     # from one the target has (or outside the optimizers) is another model.
@@ -239,11 +255,13 @@ def plan(state: Any, like: Any, *, allow_drop: bool = False, source: str = "stat
   return Plan(tuple(rules))
 
 
-def _fill(owner: tuple[Any, ...], have: _Layout, where: str, source: str) -> Rule:
-  """The rule for a target leaf the state lacks: a derived piece, or an error."""
-  if owner[0] == "piece" and owner[2] == _DIAGNOSTICS:
+def _fill(place: Place, have: _Layout, where: str, source: str) -> Rule:
+  """The rule for a target leaf the state lacks: a derived one, or an error."""
+  owner, rest = place
+  derived = _derived(owner, rest)
+  if derived == "zeros":
     return Rule("zeros")
-  if owner[0] == "piece" and owner[2] == _SCHEDULE_COUNT:
+  if derived == "count":
     count = ("field", owner[1], "count")
     for i, (have_owner, _) in enumerate(have.places):
       if have_owner == count:
@@ -342,12 +360,14 @@ def convert_state(
   or up to that code (a second moment).
 
   The rest is matched by path (wrappers around the optimizer, the params
-  beside it) or, inside the optimizer's chain, by its fields. Two pieces are
-  derived, not carried: a schedule's step count (``optax.scale_by_learning_rate``)
-  is the moments' ``count``; the diagnostics scalars of :func:`ao.diagnose
-  <adam_optax.diagnose>` are carried when both states are diagnosed, dropped
-  when the target is not, and start at zero when only the target is (its
-  readings describe a step of size 0 until the next update records one).
+  beside it) or, inside the optimizer's chain, by its fields. Two kinds of
+  leaves are derived, not needed: a step count of a piece (a schedule's, as
+  ``optax.scale_by_learning_rate`` keeps) is the moments' ``count``; the
+  diagnostics records (:class:`~adam_optax.NormalizeState`,
+  :class:`~adam_optax.ScaleByLrState`'s ``alpha``) are carried when both
+  states have them, dropped when the target has none, and start at zero when
+  only the target has them (:func:`~adam_optax.diagnostics` reads "no step
+  yet" until the next update writes them).
   Leaves with a sharding in ``like`` are put there; an abstract ``like``
   (:func:`jax.eval_shape`) works as well. The state does not record which
   optimizer made it: an Adam state converts into an AdaMax target (both have

@@ -22,8 +22,8 @@ from jax.typing import DTypeLike
 from adam_optax import _precision, _validate
 
 _NOT_A_PYTREE = (
-  "ao.Moments, which ao.scale_by_moments hands to ao.bias_correct, ao.running_max, "
-  "ao.diagnose and ao.normalize, was used as a pytree of updates: an optax "
+  "ao.Moments, which ao.scale_by_moments hands to ao.bias_correct, ao.running_max "
+  "and ao.normalize, was used as a pytree of updates: an optax "
   "transformation (optax.scale, optax.clip, ...) between those pieces, or a chain "
   "that ends before ao.normalize(). Put transformations of param-shaped updates "
   "before ao.scale_by_moments() or after ao.normalize(); they would otherwise act "
@@ -37,7 +37,7 @@ class Moments:
 
   Emitted by :func:`scale_by_moments` (and :func:`scale_by_infinity_moments`)
   as the ``updates`` of an :func:`optax.chain` link; read and re-emitted by
-  :func:`bias_correct`, :func:`running_max` and :func:`diagnose`; turned back
+  :func:`bias_correct` and :func:`running_max`; turned back
   into param-shaped updates by :func:`normalize`. Leaves are in compute
   precision (at least float32), before any rounding to the storage format.
 

@@ -75,11 +75,13 @@ def same_bytes(tree: Any, npz: pathlib.Path) -> bool:
 
 
 def placement(tree: Any) -> list[str]:
-  """Where each array of ``tree`` is: its device or its spec over the mesh."""
+  """Where the arrays of ``tree`` are: a device, or the mesh axis their first dimension spans."""
   places = set()
   for leaf in jax.tree.leaves(tree):
-    sharding = leaf.sharding
-    places.add(str(sharding.spec) if isinstance(sharding, NamedSharding) else str(leaf.device))
+    if isinstance(leaf.sharding, NamedSharding):
+      places.add(str(next(iter(leaf.sharding.spec), None) or "replicated"))
+    else:
+      places.add(str(leaf.device))
   return sorted(places)
 
 

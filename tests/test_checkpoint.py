@@ -226,10 +226,9 @@ def test_eval_shape_targets_restore_on_any_device_count(
   for kind, make_tx in restore_checks.OPTIMIZERS.items():
     # 1 -> 8: bit for bit, where each target put its leaves.
     assert found[f"{kind}/unsharded"] == [True, ["cpu:0"]], found
-    assert found[f"{kind}/on_mesh"] == [True, ["P()"]], found
-    # The params' rows over the mesh, and the moments' codes and scales by blocks.
-    rows = ["P('d', None)", "P('d',)"] if kind == "8bit" else ["P('d', None)"]
-    assert found[f"{kind}/sharded"] == [True, rows], found
+    assert found[f"{kind}/on_mesh"] == [True, ["replicated"]], found
+    # The params' rows over the mesh, and the moments' (codes and scales) with them.
+    assert found[f"{kind}/sharded"] == [True, ["d"]], found
     assert found[f"{kind}/sharded_mu_quantized"] is (kind == "8bit")
     # 8 -> 1, into the target: jax.eval_shape of a plain init, no sharding.
     tx, params = make_tx(), restore_checks.params()

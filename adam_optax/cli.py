@@ -1,11 +1,14 @@
-"""The ``adam-optax`` command: ``compare`` (the paper's experiments) and ``bench``.
+"""The ``adam-optax`` command: ``compare`` (the paper's experiments), ``bench`` and ``states``.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)``
 and ``run(args, parser) -> int``; this file only dispatches, importing the module
 of the chosen subcommand alone so that ``adam-optax --help`` stays instant.
-A subcommand reports bad flags with ``parser.error`` (one line, exit code 2).
-Help texts are plain text (no reStructuredText markup): ``--help`` prints them as
-they are.
+Every error about the flags, argparse's own (an unknown flag, a bad choice, a
+value refused by a ``type`` of :mod:`adam_optax.experiments.flags`) as well as
+a subcommand's ``parser.error``, is one line on stderr, without the usage
+lines, and exits with code 2. A subcommand checks its flags, output paths
+included, before it starts working. Help texts are plain text (no
+reStructuredText markup): ``--help`` prints them as they are.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-_DESCRIPTION = "The adam-optax command: compare (the paper's experiments) and bench."
 _SUBCOMMANDS = {
   "compare": (
     "adam_optax.experiments.compare",
@@ -25,6 +27,21 @@ _SUBCOMMANDS = {
   "bench": ("adam_optax.bench", "time one Adam step against optax.adam and the roofline"),
   "states": ("adam_optax.benchmarks.lowbit", "8-bit and 4-bit moments: memory, loss and speed"),
 }
+_DESCRIPTION = (
+  "The adam-optax command: compare reruns the paper's experiments, bench times one Adam step "
+  "against optax.adam and the roofline, states measures 8-bit and 4-bit moments."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+  """An argument parser whose errors are one line (no usage lines), exit code 2.
+
+  Sub-parsers are made of the same class, so the promise holds for every subcommand.
+  """
+
+  def error(self, message: str) -> NoReturn:
+    """Prints ``<prog>: error: <message>`` on stderr and exits with code 2."""
+    self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class _Version(argparse.Action):
@@ -47,7 +64,7 @@ class _Version(argparse.Action):
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs ``adam-optax``; returns the exit code (2 for bad flags)."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  parser = argparse.ArgumentParser(prog="adam-optax", description=_DESCRIPTION)
+  parser = _Parser(prog="adam-optax", description=_DESCRIPTION)
   parser.add_argument("--version", action=_Version)
   subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   chosen = next((a for a in argv if a in _SUBCOMMANDS), None)

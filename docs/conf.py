@@ -12,8 +12,12 @@ Three things happen at build time, so that the site cannot go stale:
   myst-nb, with this checkout's package on the kernel's ``PYTHONPATH``, and shown
   with their outputs. Their outputs are cached (in ``docs/_build/.jupyter_cache``
   for the command above), so a rebuild runs only the notebooks that changed; a
-  notebook that fails is an error. ``-D nb_execution_mode=off`` builds without
-  running them (the tests do: the test suite runs them with nbmake);
+  notebook that fails, by a failing ``assert`` too, is an error (the notebooks
+  assert what their prose says about their own numbers). Markdown
+  they display (``IPython.display.Markdown``) is rendered as GitHub-flavoured
+  Markdown, tables included. ``-D nb_execution_mode=off`` builds without
+  running them; ``tests/test_docs_build.py`` builds with them run, once, and
+  checks what they show;
 * the API reference in ``api.md`` is generated from ``adam_optax.__all__``: one
   ``autofunction``/``autoclass`` per public name, grouped by the module that
   defines it, so a name added to ``__all__`` later appears without editing
@@ -64,6 +68,9 @@ myst_heading_anchors = 3
 nb_execution_mode = "cache"
 nb_execution_timeout = 600  # seconds per cell; the longest notebook takes under a minute
 nb_execution_raise_on_error = True
+# myst-nb's default, CommonMark, has no tables: a displayed Markdown table would be a
+# paragraph of pipes.
+nb_render_markdown_format = "gfm"
 
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False

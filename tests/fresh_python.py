@@ -16,22 +16,27 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def run_python(
-  args: list[str], *, stdin: str | None = None, xla_flags: str | None = None
+  args: list[str], *, stdin: str | None = None, host_devices: int | None = None
 ) -> subprocess.CompletedProcess[str]:
   """Runs ``python *args`` in the repository root, with the repository importable.
 
   Args:
     args: the interpreter's arguments (a script, or ``-c`` and code).
     stdin: text for the process's standard input.
-    xla_flags: ``XLA_FLAGS`` for the process; ``None`` runs it without any.
+    host_devices: run JAX on this many CPU devices, whatever accelerator the
+      machine has: ``XLA_FLAGS=--xla_force_host_platform_device_count`` only splits
+      the CPU, and on a machine with a GPU JAX would still pick the GPU (one
+      device), so ``JAX_PLATFORMS=cpu`` names the platform too. ``None`` leaves
+      JAX to pick its platform, with no ``XLA_FLAGS``, as a user's process would.
 
   Returns:
     The finished process, with its output captured as text.
   """
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
   env.pop("XLA_FLAGS", None)
-  if xla_flags is not None:
-    env["XLA_FLAGS"] = xla_flags
+  if host_devices is not None:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={host_devices}"
+    env["JAX_PLATFORMS"] = "cpu"
   return subprocess.run(
     [sys.executable, *args],
     input=stdin,

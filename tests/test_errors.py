@@ -214,7 +214,10 @@ def test_failed_jitted_update_loses_nothing(case: str) -> None:
   assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(state))
   chex.assert_trees_all_equal(state, snapshot)
   good = jax.tree.map(jnp.ones_like, PARAMS)
-  chex.assert_trees_all_equal(update(good, state, PARAMS), tx.update(good, snapshot, PARAMS))
+  # The same compiled update on a copy of the snapshot: jitted against jitted, since an
+  # eager update may round differently (a GPU contracts multiply-adds under jit only).
+  expected = update(good, jax.tree.map(jnp.asarray, snapshot), PARAMS)
+  chex.assert_trees_all_equal(update(good, state, PARAMS), expected)
 
 
 # Pieces in the wrong order --------------------------------------------------------

@@ -1,8 +1,5 @@
 """The flat fast path: layout, exactness against tree ao.adam, composition, memory, errors."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -10,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from fresh_python import run_python
 
 import adam_optax as ao
 from adam_optax.flat import FlatParams, flat_train_step, flatten_params, update_and_apply
@@ -288,9 +286,6 @@ SHARDED = textwrap.dedent(
 
 
 def test_sharded_flat_buffers_equal_single_device():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  out = subprocess.run(
-    [sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300
-  )
+  out = run_python(["-c", SHARDED], host_devices=8)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().endswith("ok")

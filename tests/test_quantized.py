@@ -197,12 +197,14 @@ def test_jit_does_not_recompile_and_matches_eager(fmt: ao.Quantized) -> None:
   params, grads = _params(), _grads(2)
   update = jax.jit(tx.update)
   state = tx.init(params)
-  eager_state = state
-  for t, rtol in enumerate([1e-6, 0.1]):  # a code that flips between the two changes step 2
+  for t in range(2):
     g = jax.tree.map(lambda x, t=t: x[t], grads)
+    # Eager from the jitted run's state: the two may round a few ulp apart (a GPU
+    # contracts multiply-adds under jit only), and a code flipped by that would make
+    # every later step differ by a code's width.
+    eager_updates, _ = tx.update(g, state, params)
     updates, state = update(g, state, params)
-    eager_updates, eager_state = tx.update(g, eager_state, params)
-    check = lambda a, b, rtol=rtol: np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-6)  # noqa: E731
+    check = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)  # noqa: E731
     jax.tree.map(check, updates, eager_updates)
   assert update._cache_size() == 1
 
@@ -365,7 +367,7 @@ _SHARDED = textwrap.dedent(
 
 
 def test_sharded_states_equal_single_device_states() -> None:
-  run = run_python(["-c", _SHARDED], xla_flags="--xla_force_host_platform_device_count=8")
+  run = run_python(["-c", _SHARDED], host_devices=8)
   assert run.returncode == 0, run.stderr[-3000:]
   results = json.loads(run.stdout.strip().splitlines()[-1])
   for result in results.values():  # explicit and automatic axes

@@ -1,8 +1,9 @@
 """Optimizer states on a device mesh: inherited shardings, ZeRO-1, exact numbers.
 
 The checks need 8 devices, so they run in tests/sharding_checks.py in a
-subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the
-rest of the suite keeps one device); each test here runs one group of checks
+subprocess on 8 host devices (``XLA_FLAGS=--xla_force_host_platform_device_count=8``
+and ``JAX_PLATFORMS=cpu``, so also on a machine with a GPU; the rest of the suite keeps
+one device); each test here runs one group of checks
 and asserts on the results it prints. Both kinds of mesh axes are covered:
 ``explicit`` (``jax.make_mesh``'s default) and ``auto``.
 """
@@ -16,9 +17,7 @@ from fresh_python import run_python
 
 
 def run_checks(group: str) -> dict[str, Any]:
-  run = run_python(
-    ["tests/sharding_checks.py", group], xla_flags="--xla_force_host_platform_device_count=8"
-  )
+  run = run_python(["tests/sharding_checks.py", group], host_devices=8)
   assert run.returncode == 0, f"sharding_checks.py {group} failed:\n{run.stderr[-4000:]}"
   return json.loads(run.stdout.strip().splitlines()[-1])
 

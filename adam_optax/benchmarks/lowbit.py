@@ -12,7 +12,7 @@ Three measurements of ``ao.adam`` with :class:`adam_optax.Quantized` moments:
 * **speed**: one jitted, donated step (update and ``optax.apply_updates``) of
   one leaf, every method timed round-robin (:mod:`adam_optax.benchmarks.rounds`),
   ratios the median of per-round ratios to ``optax.adam``; and the step's peak
-  memory by XLA's accounting (:func:`adam_optax.benchmarks.timing.step_memory_bytes`).
+  memory by XLA's accounting (:func:`adam_optax.benchmarks.compiles.step_memory_bytes`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,9 @@ import numpy as np
 import optax
 
 import adam_optax as ao
-from adam_optax.benchmarks import rounds, timing
+from adam_optax.benchmarks import compiles, rounds
+from adam_optax.benchmarks import report as bench_report
+from adam_optax.experiments import flags
 
 LEARNING_RATE = 1e-3
 STEPS = 300
@@ -112,13 +115,23 @@ def torch_final_loss(make_optimizer: Callable[[Any], Any], problem: LeastSquares
     return float(loss())
 
 
+def torchao_unavailable() -> str | None:
+  """Why torchao's rows are left out (it, or PyTorch, cannot be imported), or ``None``."""
+  try:
+    import torch  # noqa: F401
+    import torchao.optim  # noqa: F401
+  except ImportError as error:
+    return f"torchao is not installed ({error})"
+  return None
+
+
 def torchao_optimizers() -> dict[str, Callable[[Any], Any]]:
   """The 8-bit and 4-bit Adam of torchao (AdamW with no decay) where installed, and torch's Adam."""
-  try:
-    import torch
-    from torchao.optim import AdamW4bit, AdamW8bit
-  except ImportError:
+  if torchao_unavailable() is not None:
     return {}
+  import torch
+  from torchao.optim import AdamW4bit, AdamW8bit
+
   return {
     "float32": lambda ps: torch.optim.Adam(ps, lr=LEARNING_RATE),
     "8-bit": lambda ps: AdamW8bit(ps, lr=LEARNING_RATE, weight_decay=0.0),
@@ -171,7 +184,7 @@ def speed(size: int, n_rounds: int, repeats: int) -> dict[str, dict[str, float]]
     compiled = calls[name].lower(*[carries[name]]).compile()
     rows[name] = {
       "bytes_per_param": bytes_per_param(state, params),
-      "peak_bytes_per_param": timing.step_memory_bytes(compiled) / size,
+      "peak_bytes_per_param": compiles.step_memory_bytes(compiled) / size,
     }
   for name, make in torchao_optimizers().items():
     if name != "float32":
@@ -211,30 +224,42 @@ def quality(seeds: int) -> dict[str, dict[str, float]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   """Adds the flags of ``adam-optax states`` to ``parser``."""
-  parser.add_argument("--size", type=int, default=1 << 24, help="params of the timed leaf (16M)")
-  parser.add_argument("--rounds", type=int, default=5, help="round-robin rounds (default 5)")
-  parser.add_argument("--repeats", type=int, default=2, help="timed calls per round (default 2)")
-  parser.add_argument("--seeds", type=int, default=3, help="least-squares problems (default 3)")
-  parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
+  positive = flags.positive_int
+  parser.add_argument(
+    "--size", type=positive, default=1 << 24, help="params of the timed leaf (16M)"
+  )
+  parser.add_argument("--rounds", type=positive, default=5, help="round-robin rounds (default 5)")
+  parser.add_argument(
+    "--repeats", type=positive, default=2, help="timed calls per round (default 2)"
+  )
+  parser.add_argument(
+    "--seeds", type=positive, default=3, help="least-squares problems (default 3)"
+  )
+  parser.add_argument(
+    "--json", type=flags.output_file, metavar="PATH", help="write the report as JSON"
+  )
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   """Measures, prints the table, optionally writes JSON; returns 0."""
-  if args.size < 1 or args.rounds < 1 or args.repeats < 1 or args.seeds < 1:
-    parser.error("--size, --rounds, --repeats and --seeds must be >= 1")
+  del parser  # the flags were checked as they were parsed
+  torchao_skipped = torchao_unavailable()
+  if torchao_skipped is not None:
+    print(f"adam-optax states: torchao rows skipped: {torchao_skipped}", file=sys.stderr)
   report: dict[str, Any] = {
     "load_at_start": list(os.getloadavg()),
     "device": f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()}, "
     f"{os.cpu_count()} cores)",
     "versions": _versions(),
     "size": args.size,
+    "torchao_skipped": torchao_skipped,
   }
   rows = speed(args.size, args.rounds, args.repeats)
   for name, row in quality(args.seeds).items():
     rows.setdefault(name, {}).update(row)
   report["rows"] = rows
   report["load_at_end"] = list(os.getloadavg())
-  print(_table(report))
+  print(table(report))
   if args.json:
     with open(args.json, "w") as f:
       json.dump(report, f, indent=1)
@@ -251,20 +276,26 @@ def _versions() -> dict[str, str]:
   return found
 
 
-def _table(report: dict[str, Any]) -> str:
-  def cell(row: dict[str, float], key: str, spec: str) -> str:
-    return format(row[key], spec) if key in row else "-"
+# The table's figures: (key of a row, heading, format).
+COLUMNS = (
+  ("bytes_per_param", "bytes/param", "{:.3f}"),
+  ("peak_bytes_per_param", "peak B/param", "{:.2f}"),
+  ("ms", "ms/step", "{:.1f}"),
+  ("time_vs_optax", "/ optax", "{:.2f}"),
+  ("loss_ratio", "loss / fp32", "{:.4f}"),
+)
 
+
+def table(report: dict[str, Any]) -> str:
+  """The report as plain text: the context, then one aligned row per method ("-": not measured)."""
+  cells = [["method", *(title for _, title, _ in COLUMNS)]]
+  for name, row in report["rows"].items():
+    cells.append([name, *(fmt.format(row[key]) if key in row else "-" for key, _, fmt in COLUMNS)])
   lines = [
     f"device: {report['device']}; {report['versions']}; leaf of {report['size']:,} params; "
     f"load {report['load_at_start'][0]:.2f} -> {report['load_at_end'][0]:.2f}",
-    f"{'method':22} {'bytes/param':>11} {'peak B/param':>12} {'ms/step':>9} "
-    f"{'/ optax':>8} {'loss / fp32':>11}",
+    *bench_report.aligned(cells),
   ]
-  for name, row in report["rows"].items():
-    lines.append(
-      f"{name:22} {cell(row, 'bytes_per_param', '11.3f')} "
-      f"{cell(row, 'peak_bytes_per_param', '12.2f')} {cell(row, 'ms', '9.1f')} "
-      f"{cell(row, 'time_vs_optax', '8.2f')} {cell(row, 'loss_ratio', '11.4f')}"
-    )
+  if report.get("torchao_skipped"):
+    lines.append(f"torchao rows skipped: {report['torchao_skipped']}")
   return "\n".join(lines)

@@ -28,7 +28,6 @@ import concurrent.futures
 import functools
 import json
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -71,8 +70,7 @@ OWNED = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  """Declares the flags of ``adam-optax compare``; its errors are one line."""
-  flags.one_line_errors(parser)
+  """Declares the flags of ``adam-optax compare``."""
   steps = ", ".join(f"{p.name} {p.steps}" for p in PROBLEMS.values())
   parser.add_argument(
     "--problems",
@@ -214,16 +212,6 @@ def train_all(
   return [record for order in sorted(results) for record in results[order]]
 
 
-def _check_writable(out: Path, parser: argparse.ArgumentParser) -> None:
-  """Creates ``out`` and writes a probe file there, or exits with a one-line error."""
-  try:
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=out):
-      pass
-  except OSError as error:
-    parser.error(f"cannot write to --out {str(out)!r}: {error.strerror or error}")
-
-
 def _markdown(
   judged: list[dict], diffs: dict[str, list[str]], summaries: list[report.Summary]
 ) -> str:
@@ -282,7 +270,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   error = _flag_error(args, programs)
   if error:
     parser.error(error)
-  _check_writable(args.out, parser)
+  error = flags.make_folder(args.out, "--out")
+  if error:
+    parser.error(error)
   started = time.perf_counter()
   try:
     all_records = train_all(programs, datasets)

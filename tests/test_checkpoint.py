@@ -208,18 +208,13 @@ def test_a_truncated_file_is_one_line_naming_the_array_and_nothing_is_touched(
   assert float(jnp.sum(target["params"]["w"])) == 0.0
 
 
-def test_eval_shape_targets_restore_on_any_device_count(
-  tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_eval_shape_targets_restore_on_any_device_count(tmp_path: pathlib.Path) -> None:
   # One device here (CPU or not) -> 8 CPU devices in a fresh process, and back.
   for kind, make_tx in restore_checks.OPTIMIZERS.items():
     saved = restore_checks.trained(make_tx(), restore_checks.params())
     save_checkpoint(tmp_path / "one" / kind, saved)
     np.savez(tmp_path / "one" / f"{kind}.npz", **restore_checks.stored_bytes(saved))
-  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  run = run_python(
-    ["tests/restore_checks.py", str(tmp_path)], xla_flags="--xla_force_host_platform_device_count=8"
-  )
+  run = run_python(["tests/restore_checks.py", str(tmp_path)], host_devices=8)
   assert run.returncode == 0, run.stderr[-4000:]
   found = json.loads(run.stdout.splitlines()[-1])
   assert found["devices"] == 8

@@ -13,11 +13,10 @@ orbax-checkpoint writes and reads the arrays. What this module adds:
   over the current mesh under :func:`jax.set_mesh`, as a new array would.
   orbax alone falls back to the devices the checkpoint was written from.
 * **Any storage format, optax's layout or ours.** The checkpoint is read in
-  the format it was saved in, then converted in memory by
+  the format it was saved in (a quantized moment's codes and scales say their
+  layout by their shapes), then converted in memory by
   :func:`adam_optax.convert_state`'s own plan, so restoring into another
-  format equals converting in memory, bit for bit. :func:`save_checkpoint`
-  records the static fields of quantized moments (bits, block size, ...) in
-  the checkpoint's metadata, so that they can be decoded into any target.
+  format equals converting in memory, bit for bit.
 
 The restored tree takes the target's pytree types (``MomentsState``,
 ``optax.EmptyState``, ...), storage formats and shardings, so it goes straight
@@ -40,9 +39,6 @@ import orbax.checkpoint as ocp
 
 from adam_optax import conversion, quantized
 
-# The checkpoint's custom metadata: each quantized moment's static fields, by path.
-_FORMATS = "adam_optax.quantized_formats"
-
 
 def _stored_leaves(tree: Any) -> list[tuple[str, Any]]:
   """The tree's leaves, quantized moments whole, with their paths as orbax names them."""
@@ -51,7 +47,7 @@ def _stored_leaves(tree: Any) -> list[tuple[str, Any]]:
 
 
 def _static_fields(stored: quantized.QuantizedArray) -> dict[str, Any]:
-  """What a quantized moment's arrays do not say: its format's fields (bits, block size, ...)."""
+  """A quantized moment's fields other than its arrays (its shape, bits, layout, ...)."""
   arrays = {path[0].name for path, _ in jax.tree_util.tree_flatten_with_path(stored)[0]}
   return {
     field.name: getattr(stored, field.name)
@@ -66,7 +62,7 @@ def save_checkpoint(directory: str | os.PathLike[str], tree: chex.ArrayTree) -> 
   Blocks until the checkpoint is complete on disk. Leaves keep their dtypes
   (``bfloat16`` moments stay ``bfloat16``); empty states such as
   ``optax.EmptyState()`` hold no arrays and cost nothing. Quantized moments
-  are saved as their codes and scales, with their format in the metadata.
+  are saved as their codes and scales.
 
   Examples:
     >>> import tempfile, jax.numpy as jnp, adam_optax as ao
@@ -91,17 +87,8 @@ def save_checkpoint(directory: str | os.PathLike[str], tree: chex.ArrayTree) -> 
     orbax-checkpoint, ``StandardCheckpointer``
     (https://orbax.readthedocs.io/en/latest/guides/checkpoint/checkpointing_pytrees.html).
   """
-  formats = {
-    path: _static_fields(leaf)
-    for path, leaf in _stored_leaves(tree)
-    if quantized.is_quantized(leaf)
-  }
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(
-      pathlib.Path(directory).resolve(),
-      tree,
-      custom_metadata={_FORMATS: formats} if formats else None,
-    )
+    checkpointer.save(pathlib.Path(directory).resolve(), tree)
 
 
 def _default_sharding() -> jax.sharding.Sharding:
@@ -117,28 +104,27 @@ def _placed(leaf: Any, default: jax.sharding.Sharding) -> Any:
   return struct.update(sharding=conversion.placement(struct) or default)
 
 
-def _as_saved(node: Any, path: str, formats: dict[str, Any], wanted: dict[str, Any]) -> Any:
-  """The checkpoint's metadata tree as abstract arrays, quantized moments rebuilt.
+def _as_saved(node: Any, path: str, wanted: dict[str, Any]) -> Any:
+  """The checkpoint's metadata tree as abstract arrays, quantized moments as such.
 
-  A quantized moment's fields come from the checkpoint's metadata or, for a
-  checkpoint that does not record them (written by orbax directly), from a
-  quantized target leaf at the same path whose arrays have the same shapes.
+  A quantized moment (its codes and scales) takes the static fields of the
+  target's leaf at the same path if its arrays are that leaf's, and is then
+  copied as it is; otherwise its layout is read from its arrays' shapes.
   """
   if isinstance(node, dict):
-    fields, target = formats.get(path), wanted.get(path)
-    if fields is None and quantized.is_quantized(target):
-      fields = _static_fields(target)  # kept if the saved arrays are the target's
-    if fields is not None and all(hasattr(v, "dtype") for v in node.values()):
-      arrays = {key: jax.ShapeDtypeStruct(v.shape, v.dtype) for key, v in node.items()}
-      fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-      rebuilt = quantized.QuantizedArray(**arrays, **fields)
-      if path in formats or conversion.same_format(rebuilt, target):
-        return rebuilt
-    return {k: _as_saved(v, f"{path}.{k}" if path else k, formats, wanted) for k, v in node.items()}
+    arrays = {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in node.items() if hasattr(v, "dtype")
+    }
+    if len(arrays) == len(node) and quantized.is_stored(arrays):
+      target = wanted.get(path)
+      if quantized.is_quantized(target):
+        rebuilt = quantized.QuantizedArray(**arrays, **_static_fields(target))
+        if conversion.same_format(rebuilt, target):
+          return rebuilt
+      return quantized.as_quantized(arrays)
+    return {k: _as_saved(v, f"{path}.{k}" if path else k, wanted) for k, v in node.items()}
   if isinstance(node, list):
-    return [
-      _as_saved(v, f"{path}.{i}" if path else str(i), formats, wanted) for i, v in enumerate(node)
-    ]
+    return [_as_saved(v, f"{path}.{i}" if path else str(i), wanted) for i, v in enumerate(node)]
   if node is None:
     return None
   return jax.ShapeDtypeStruct(node.shape, node.dtype)
@@ -265,8 +251,7 @@ def restore_checkpoint(
   target = jax.tree.map(lambda leaf: _placed(leaf, default), target)
   with ocp.StandardCheckpointer() as checkpointer:
     metadata = _reading(path, lambda: checkpointer.metadata(path))
-    formats = (metadata.custom_metadata or {}).get(_FORMATS, {})
-    saved = _as_saved(metadata.item_metadata.tree, "", formats, dict(_stored_leaves(target)))
+    saved = _as_saved(metadata.item_metadata.tree, "", dict(_stored_leaves(target)))
     try:
       plan = conversion.plan(saved, target, allow_drop=allow_drop, source="checkpoint")
     except ValueError as error:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -193,12 +194,24 @@ def same_format(a: Any, b: Any) -> bool:
   )
 
 
+def _same_values(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+  """Whether shape ``a`` is ``b``, or ``b`` with trailing dimensions flattened into one.
+
+  A quantized moment read from its arrays alone (a mapping of codes and
+  scales, in a checkpoint) has the shape of its leaf with the trailing
+  dimensions that its rows span flattened.
+  """
+  lead = len(a) - 1
+  return a == b or (0 <= lead < len(b) and a[:lead] == b[:lead] and a[lead] == math.prod(b[lead:]))
+
+
 def _convertible(a: Any, b: Any) -> bool:
-  """Whether moment ``a`` can be stored as ``b``: the same shape, both real or both complex."""
+  """Whether moment ``a`` can be stored as ``b``: the same values, both real or both complex."""
   (shape_a, dtype_a), (shape_b, dtype_b) = shape_dtype(a), shape_dtype(b)
   complex_a, complex_b = (jnp.issubdtype(d, jnp.complexfloating) for d in (dtype_a, dtype_b))
   inexact = all(jnp.issubdtype(d, jnp.inexact) for d in (dtype_a, dtype_b))
-  return shape_a == shape_b and complex_a == complex_b and inexact
+  same = shape_a == shape_b or (quantized.is_quantized(a) and _same_values(shape_a, shape_b))
+  return same and complex_a == complex_b and inexact
 
 
 def plan(state: Any, like: Any, *, allow_drop: bool = False, source: str = "state") -> Plan:
@@ -305,7 +318,7 @@ def _recode(stored: Any, target: tuple[Any, tuple[Any, ...]]) -> Any:
   """
   treedef, layout = target
   like = treedef.unflatten([jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in layout])
-  return quantized.encode(quantized.decode(stored), like)
+  return quantized.encode(quantized.decode(stored).reshape(like.shape), like)
 
 
 def apply(plan: Plan, state: Any, like: Any) -> Any:
@@ -318,7 +331,9 @@ def apply(plan: Plan, state: Any, like: Any) -> Any:
       return leaves[rule.source]
     if rule.kind == "convert":
       layout = tuple(shape_dtype(x) for x in jax.tree.leaves(target))
-      return _recode(quantized.unwrapped(leaves[rule.source]), (jax.tree.structure(target), layout))
+      stored = leaves[rule.source]
+      stored = quantized.unwrapped(stored) if quantized.is_quantized(stored) else stored
+      return _recode(stored, (jax.tree.structure(target), layout))
     if rule.kind == "cast":
       return jnp.asarray(leaves[rule.source]).astype(target.dtype)
     return jnp.zeros(target.shape, target.dtype)

@@ -131,6 +131,8 @@ def _moments_transformation(
     nu = _precision.zeros(params, nu_dtype, real=True)
     _precision.warn_if_decay_vanishes("b1", b1, mu, what="a moment", fix="mu_dtype")
     _precision.warn_if_decay_vanishes("b2", b2, nu, what="a moment", fix="nu_dtype")
+    _precision.warn_if_resharded(params, mu)
+    _precision.warn_if_resharded(params, nu)
     return MomentsState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
   def update_fn(
@@ -142,10 +144,14 @@ def _moments_transformation(
         f"{piece} expected gradients (param-shaped updates) but got "
         "ao.Moments: it must be the first piece of the Adam chain."
       )
-    _validate.check_gradients(piece, updates, state.mu)
+    # A low-bit moment that came back from nnx.state (or a checkpoint) as a
+    # mapping is read with the format this piece knows, and handed back alike.
+    stored_mu, mu_back = _precision.adopt(state.mu, updates, mu_dtype)
+    stored_nu, nu_back = _precision.adopt(state.nu, updates, nu_dtype, real=True)
+    _validate.check_gradients(piece, updates, stored_mu)
     grad = _precision.upcast(updates)
-    mu = optax.tree.update_moment(grad, _precision.upcast(state.mu), b1, 1)
-    nu = second_moment(grad, _precision.upcast(state.nu))
+    mu = optax.tree.update_moment(grad, _precision.upcast(stored_mu), b1, 1)
+    nu = second_moment(grad, _precision.upcast(stored_nu))
     count = optax.safe_increment(state.count)
     moments = Moments(
       mu=mu,
@@ -154,12 +160,14 @@ def _moments_transformation(
       b1=b1,
       b2=b2,
       grad=grad,
-      dtypes=_precision.update_dtypes(updates, state.mu, state.nu),
+      dtypes=_precision.update_dtypes(updates, stored_mu, stored_nu),
       order=order,
     )
     # The emitted moments keep compute precision; only the state is rounded.
     new_state = MomentsState(
-      count=count, mu=_precision.cast_like(mu, state.mu), nu=_precision.cast_like(nu, state.nu)
+      count=count,
+      mu=mu_back(_precision.cast_like(mu, stored_mu)),
+      nu=nu_back(_precision.cast_like(nu, stored_nu)),
     )
     return moments, new_state
 

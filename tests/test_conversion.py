@@ -217,14 +217,7 @@ def test_float32_to_codes_and_back_rounds_each_moment_once(bits: int) -> None:
   assert_trees_equal(ao.convert_state(back, layout), coded)
 
 
-UNDERSTATED = pytest.mark.xfail(
-  strict=True,
-  reason="issue 16 item 8: relative_error() says 4.43% where 8-bit codes round m by up to "
-  "5.88% and v by 6.15%; the codec helper makes it exact (then drop this mark)",
-)
-
-
-@pytest.mark.parametrize("bits", [pytest.param(8, marks=UNDERSTATED), 4])
+@pytest.mark.parametrize("bits", [8, 4])
 def test_float32_to_codes_and_back_is_within_the_codebooks_relative_error(bits: int) -> None:
   state, _, back, layout = _round_trip(bits)
   for key in ("mu", "nu", "nu_max"):

@@ -2,6 +2,7 @@
 
 from adam_optax.averaging import AveragedParamsState, average_params, averaged_params
 from adam_optax.bias import bias_correct
+from adam_optax.conversion import convert_state
 from adam_optax.diagnosis import diagnostics
 from adam_optax.flat import FlatParams, Layout, flat_train_step, flatten_params, update_and_apply
 from adam_optax.lr import ScaleByLrState, scale_by_lr
@@ -31,6 +32,7 @@ __all__ = [
   "average_params",
   "averaged_params",
   "bias_correct",
+  "convert_state",
   "dequantize",
   "diagnostics",
   "flat_train_step",

@@ -1,74 +1,59 @@
-"""Checkpoints of params and optimizer state that restore exactly or not at all.
+"""Checkpoints of params and optimizer state that restore anywhere, exactly, or not at all.
 
-orbax-checkpoint writes and reads the arrays. What this module adds is the
-check that orbax leaves out: before anything is read, every leaf of the
-checkpoint (its path, shape and dtype) is compared with the target the caller
-restores into, and the first difference is named. orbax alone would cast a
-``bfloat16`` moment into a ``float32`` target without a word, and reports a
-missing optimizer piece as a list length. The restored tree takes the target's
-pytree types (``MomentsState``, ``optax.EmptyState``, ...), dtypes and
-shardings, so it goes straight back into ``tx.update``.
+orbax-checkpoint writes and reads the arrays. What this module adds:
 
-Needs the ``orbax-checkpoint`` package.
+* **A check before anything is read.** Every leaf of the checkpoint (its
+  path, shape and dtype) is matched with the target the caller restores into,
+  and the first difference is named. orbax alone would cast a ``bfloat16``
+  moment into a ``float32`` target without a word, and reports a missing
+  optimizer piece as a list length.
+* **Any topology.** Every leaf is read straight into the target's sharding;
+  one the target does not place (a ``jax.ShapeDtypeStruct`` from
+  :func:`jax.eval_shape`) goes to the current default device, or replicated
+  over the current mesh under :func:`jax.set_mesh`, as a new array would.
+  orbax alone falls back to the devices the checkpoint was written from.
+* **Any storage format, optax's layout or ours.** The checkpoint is read in
+  the format it was saved in (a quantized moment's codes and scales say their
+  layout by their shapes), then converted in memory by
+  :func:`adam_optax.convert_state`'s own plan, so restoring into another
+  format equals converting in memory, bit for bit.
+
+The restored tree takes the target's pytree types (``MomentsState``,
+``optax.EmptyState``, ...), storage formats and shardings, so it goes straight
+back into ``tx.update``. Needs the ``orbax-checkpoint`` package.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
+import re
+from collections.abc import Callable
 from typing import Any
 
 import chex
 import jax
-import numpy as np
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-_Leaves = dict[str, tuple[tuple[int, ...], np.dtype]]
+from adam_optax import conversion, quantized
 
 
-def _key_name(key: Any) -> str:
-  """One path entry as orbax names it on disk (``mu``, ``0``, ``w``)."""
-  for attribute in ("name", "key", "idx"):
-    if hasattr(key, attribute):
-      return str(getattr(key, attribute))
-  return str(key)
+def _stored_leaves(tree: Any) -> list[tuple[str, Any]]:
+  """The tree's leaves, quantized moments whole, with their paths as orbax names them."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=quantized.is_quantized)
+  return [(".".join(conversion.key_name(k) for k in path), leaf) for path, leaf in flat]
 
 
-def _shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
-  """An array's (or array metadata's) shape and dtype; a Python scalar's as orbax stores it."""
-  if hasattr(leaf, "dtype"):
-    return tuple(leaf.shape), np.dtype(leaf.dtype)
-  return (), np.result_type(leaf)
-
-
-def _leaves(tree: Any) -> _Leaves:
-  """Maps each leaf's dotted path (``opt_state.0.mu.w``) to its shape and dtype."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {".".join(_key_name(k) for k in path): _shape_dtype(leaf) for path, leaf in flat}
-
-
-def _describe(shape: tuple[int, ...], dtype: np.dtype) -> str:
-  return f"{dtype.name}{list(shape)}"
-
-
-def _first_mismatch(saved: _Leaves, wanted: _Leaves) -> str | None:
-  """The first difference between two leaf maps, in the target's order."""
-  for path, (shape, dtype) in wanted.items():
-    if path not in saved:
-      return (
-        f"the target has a leaf at {path} ({_describe(shape, dtype)}) that the checkpoint lacks"
-      )
-    if saved[path] != (shape, dtype):
-      return (
-        f"the leaf at {path} is {_describe(*saved[path])} in the checkpoint "
-        f"but {_describe(shape, dtype)} in the target"
-      )
-  for path, (shape, dtype) in saved.items():
-    if path not in wanted:
-      return (
-        f"the checkpoint has a leaf at {path} ({_describe(shape, dtype)}) that the target lacks"
-      )
-  return None
+def _static_fields(stored: quantized.QuantizedArray) -> dict[str, Any]:
+  """A quantized moment's fields other than its arrays (its shape, bits, layout, ...)."""
+  arrays = {path[0].name for path, _ in jax.tree_util.tree_flatten_with_path(stored)[0]}
+  return {
+    field.name: getattr(stored, field.name)
+    for field in dataclasses.fields(stored)
+    if field.name not in arrays
+  }
 
 
 def save_checkpoint(directory: str | os.PathLike[str], tree: chex.ArrayTree) -> None:
@@ -76,7 +61,8 @@ def save_checkpoint(directory: str | os.PathLike[str], tree: chex.ArrayTree) -> 
 
   Blocks until the checkpoint is complete on disk. Leaves keep their dtypes
   (``bfloat16`` moments stay ``bfloat16``); empty states such as
-  ``optax.EmptyState()`` hold no arrays and cost nothing.
+  ``optax.EmptyState()`` hold no arrays and cost nothing. Quantized moments
+  are saved as their codes and scales.
 
   Examples:
     >>> import tempfile, jax.numpy as jnp, adam_optax as ao
@@ -105,19 +91,119 @@ def save_checkpoint(directory: str | os.PathLike[str], tree: chex.ArrayTree) -> 
     checkpointer.save(pathlib.Path(directory).resolve(), tree)
 
 
-def restore_checkpoint(directory: str | os.PathLike[str], target: chex.ArrayTree) -> chex.ArrayTree:
-  """Reads a checkpoint into the structure of ``target``, after checking that they match.
+def _default_sharding() -> jax.sharding.Sharding:
+  """Where a new array goes: the default device, or replicated over :func:`jax.set_mesh`'s mesh."""
+  return jnp.zeros(()).sharding
+
+
+def _placed(leaf: Any, default: jax.sharding.Sharding) -> Any:
+  """A target's leaf as an abstract array with a concrete sharding (a Python scalar as it is)."""
+  struct = ocp.utils.to_shape_dtype_struct(leaf)
+  if not isinstance(struct, jax.ShapeDtypeStruct):
+    return struct
+  return struct.update(sharding=conversion.placement(struct) or default)
+
+
+def _as_saved(node: Any, path: str, wanted: dict[str, Any]) -> Any:
+  """The checkpoint's metadata tree as abstract arrays, quantized moments as such.
+
+  A quantized moment (its codes and scales) takes the static fields of the
+  target's leaf at the same path if its arrays are that leaf's, and is then
+  copied as it is; otherwise its layout is read from its arrays' shapes.
+  """
+  if isinstance(node, dict):
+    arrays = {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in node.items() if hasattr(v, "dtype")
+    }
+    if len(arrays) == len(node) and quantized.is_stored(arrays):
+      target = wanted.get(path)
+      if quantized.is_quantized(target):
+        rebuilt = quantized.QuantizedArray(**arrays, **_static_fields(target))
+        if conversion.same_format(rebuilt, target):
+          return rebuilt
+      return quantized.as_quantized(arrays)
+    return {k: _as_saved(v, f"{path}.{k}" if path else k, wanted) for k, v in node.items()}
+  if isinstance(node, list):
+    return [_as_saved(v, f"{path}.{i}" if path else str(i), wanted) for i, v in enumerate(node)]
+  if node is None:
+    return None
+  return jax.ShapeDtypeStruct(node.shape, node.dtype)
+
+
+def _read_as(plan: conversion.Plan, saved: Any, target: Any, default: Any) -> Any:
+  """What orbax reads: each saved leaf placed where its rule needs it.
+
+  A leaf copied as it is goes straight to its target's sharding; one to be
+  converted (its shape changes) is read whole onto the devices of its target.
+  """
+  leaves, treedef = jax.tree.flatten(saved, is_leaf=quantized.is_quantized)
+  targets = jax.tree.leaves(target, is_leaf=quantized.is_quantized)
+  uses: dict[int, tuple[str, Any]] = {}
+  for rule, wanted in zip(plan.rules, targets, strict=True):
+    if rule.source is not None:
+      uses.setdefault(rule.source, (rule.kind, wanted))
+
+  def read(index: int, leaf: Any) -> Any:
+    if index not in uses:  # dropped; orbax reads every leaf of the tree it is given
+      return jax.tree.map(lambda s: s.update(sharding=default), leaf)
+    kind, wanted = uses[index]
+    if kind == "copy":
+      return jax.tree.map(
+        lambda s, w: s.update(sharding=conversion.placement(w) or default), leaf, wanted
+      )
+    sharding = conversion.placement(jax.tree.leaves(wanted)[0]) or default
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    elif len(sharding.device_set) > 1:
+      sharding = default
+    return jax.tree.map(lambda s: s.update(sharding=sharding), leaf)
+
+  return treedef.unflatten([read(i, leaf) for i, leaf in enumerate(leaves)])
+
+
+def _reading(path: pathlib.Path, read: Callable[[], Any]) -> Any:
+  """``read()``; a checkpoint that cannot be read (a damaged file) raises one clear line."""
+  try:
+    return read()
+  except Exception as error:  # orbax and TensorStore raise many kinds
+    message = str(error)
+    # TensorStore names the array it failed on as the path of its kvstore.
+    array = re.search(r"'path': '([^'/]+)/'", message)
+    where = f" the array {array.group(1)}" if array else ""
+    first = f"{type(error).__name__}: {message.splitlines()[0][:200] if message else ''}"
+    raise ValueError(
+      f"The checkpoint at {path} could not be read (a truncated or damaged file?):{where} "
+      f"{first}; nothing was restored."
+    ) from None
+
+
+def restore_checkpoint(
+  directory: str | os.PathLike[str], target: chex.ArrayTree, *, allow_drop: bool = False
+) -> chex.ArrayTree:
+  """Reads a checkpoint into the structure, storage formats and shardings of ``target``.
 
   Only a complete checkpoint is read: orbax writes into a temporary
   directory and renames it to ``directory`` once every process has written
-  its part, so a save interrupted by a crash is never taken for one. Every
-  leaf of the checkpoint must appear in ``target`` at the same path with
-  the same shape and dtype, and vice versa; otherwise nothing is read and the
-  error names the first mismatching path (in orbax's dotted form,
-  ``opt_state.0.mu.w``, which is also the name of its files on disk). The
-  ``target`` is not modified: its leaves only lend their shape, dtype and
-  sharding (``jax.ShapeDtypeStruct`` leaves, as from :func:`jax.eval_shape`,
-  work as well) and the result is a new tree of the target's pytree types.
+  its part, so a save interrupted by a crash is never taken for one.
+
+  The checkpoint is matched with ``target`` as :func:`adam_optax.convert_state`
+  matches two states, before anything is read: the optimizers' moments by
+  field name (so ``optax.adam``'s checkpoint restores into ``ao.adam``'s
+  state, and back), every other leaf by path, with the same shape and
+  dtype. A moment stored in another format (float32, bfloat16, 8-bit or
+  4-bit codes) is read as it was saved and converted into the target's,
+  exactly as :func:`~adam_optax.convert_state` converts it in memory. What
+  does not fit raises, naming the first mismatching path (in orbax's dotted
+  form, ``opt_state.0.mu.w``, which is also the name of its files on disk).
+
+  The ``target`` is not modified: its leaves lend their shape, dtype and
+  sharding, and the result is a new tree of the target's pytree types.
+  Leaves may be ``jax.ShapeDtypeStruct`` (as from :func:`jax.eval_shape`),
+  in any topology: a leaf with a sharding is read into it (a sharding over an
+  abstract mesh into the current mesh, or :func:`jax.make_mesh`'s over all
+  devices); a leaf without one lands on the current default device, or
+  replicated over the mesh of :func:`jax.set_mesh`, wherever the checkpoint
+  was written from.
 
   Examples:
     >>> import tempfile, jax.numpy as jnp, adam_optax as ao
@@ -133,16 +219,21 @@ def restore_checkpoint(directory: str | os.PathLike[str], target: chex.ArrayTree
   Args:
     directory: a directory written by :func:`save_checkpoint` (or by
       ``orbax.checkpoint.StandardCheckpointer``).
-    target: a tree like the one saved: arrays or ``jax.ShapeDtypeStruct``.
+    target: a tree like the one saved (arrays or ``jax.ShapeDtypeStruct``),
+      possibly of another storage format, or optax's layout for ours.
+    allow_drop: drop saved state the target has no place for (an AMSGrad
+      checkpoint restored into Adam drops ``nu_max``); otherwise that is an
+      error naming it.
 
   Returns:
-    The restored tree: the structure, dtypes and shardings of ``target`` with
-    the values of the checkpoint, bit for bit.
+    The restored tree: the structure, formats and shardings of ``target``
+    with the values of the checkpoint, bit for bit where the formats agree.
 
   Raises:
     ValueError: if ``directory`` is not a complete checkpoint (it does not
-      exist, or it is what a save that never finished left behind); or naming
-      the first path whose presence, shape or dtype differs.
+      exist, or it is what a save that never finished left behind) or cannot
+      be read (a truncated file); naming the first path whose presence,
+      shape or dtype differs, or what restoring would drop.
 
   References:
     orbax-checkpoint, ``StandardCheckpointer``
@@ -156,13 +247,18 @@ def restore_checkpoint(directory: str | os.PathLike[str], target: chex.ArrayTree
       f"{path} is not a complete checkpoint (missing, or a save that never finished); "
       "nothing was restored."
     )
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  default = _default_sharding()
+  target = jax.tree.map(lambda leaf: _placed(leaf, default), target)
   with ocp.StandardCheckpointer() as checkpointer:
-    saved = checkpointer.metadata(path).item_metadata.tree
-    mismatch = _first_mismatch(_leaves(saved), _leaves(abstract))
-    if mismatch is not None:
+    metadata = _reading(path, lambda: checkpointer.metadata(path))
+    saved = _as_saved(metadata.item_metadata.tree, "", dict(_stored_leaves(target)))
+    try:
+      plan = conversion.plan(saved, target, allow_drop=allow_drop, source="checkpoint")
+    except ValueError as error:
       raise ValueError(
-        f"The checkpoint at {path} does not fit the target (another optimizer "
-        f"or model?); nothing was restored: {mismatch}."
-      )
-    return checkpointer.restore(path, abstract)
+        f"The checkpoint at {path} does not fit the target; nothing was restored: {error}."
+      ) from None
+    read = _reading(
+      path, lambda: checkpointer.restore(path, _read_as(plan, saved, target, default))
+    )
+  return conversion.apply(plan, read, target)

@@ -69,13 +69,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   chosen = next((a for a in argv if a in _SUBCOMMANDS), None)
   parsers = {}
-  for name, (module_name, help_text) in _SUBCOMMANDS.items():
-    parsers[name] = subparsers.add_parser(name, help=help_text, description=help_text)
-    if name == chosen:
-      importlib.import_module(module_name).add_arguments(parsers[name])
-  args = parser.parse_args(argv)
-  module = importlib.import_module(_SUBCOMMANDS[args.command][0])
-  return int(module.run(args, parsers[args.command]))
+  try:  # Ctrl-C while a subcommand's modules load (JAX, Flax): one line, no traceback
+    for name, (module_name, help_text) in _SUBCOMMANDS.items():
+      parsers[name] = subparsers.add_parser(name, help=help_text, description=help_text)
+      if name == chosen:
+        importlib.import_module(module_name).add_arguments(parsers[name])
+    args = parser.parse_args(argv)
+    module = importlib.import_module(_SUBCOMMANDS[args.command][0])
+    return int(module.run(args, parsers[args.command]))
+  except KeyboardInterrupt:
+    print(
+      f"{parser.prog} {chosen}: interrupted" if chosen else f"{parser.prog}: interrupted",
+      file=sys.stderr,
+    )
+    return 130
 
 
 if __name__ == "__main__":

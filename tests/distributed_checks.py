@@ -4,13 +4,14 @@
 
 * ``train``, in the 2 processes of :func:`adam_optax.distributed.launch` with 4
   CPU devices each: data-parallel training on an 8-device mesh spanning both,
-  plain and ZeRO-1, for every optimizer of ``OPTIMIZERS``; a checkpoint saved
-  halfway, restored into the same layout (and training resumed) and into
-  another mesh layout. Process 0 writes ``OUT/train.json`` and the gathered
-  arrays to ``OUT/train.npz``.
+  plain and ZeRO-1, for every optimizer of ``OPTIMIZERS``; checkpoints saved
+  halfway (float32 and 8-bit states), Adam's restored into the same layout
+  (and training resumed) and into another mesh layout. Process 0 writes
+  ``OUT/train.json`` and the gathered arrays to ``OUT/train.npz``.
 * ``single``, in one process of one device: the same training on the same
   global batches, compared with ``OUT/train.npz`` in ulp, and the 2-process
-  checkpoint restored and resumed. Prints one JSON object.
+  checkpoints restored (into arrays and into :func:`jax.eval_shape` targets)
+  and resumed. Prints one JSON object.
 * ``die_in_save``, in 2 processes: process 1 is killed once its save is under
   way; process 0 must then end on an error within the heartbeat timeout.
 * ``raise_in_training``, in 2 processes: process 0 raises between two steps;
@@ -56,11 +57,12 @@ BATCH = 64  # global rows per step, split over the 8 devices
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
   "adam": lambda: ao.adam(learning_rate=1e-2),
   "adamw": lambda: ao.adamw(learning_rate=1e-2, weight_decay=1e-2),
-}
-if hasattr(ao, "Quantized"):
-  OPTIMIZERS["adam_8bit"] = lambda: ao.adam(
+  "adam_8bit": lambda: ao.adam(
     learning_rate=1e-2, mu_dtype=ao.Quantized(8), nu_dtype=ao.Quantized(8)
-  )
+  ),
+}
+# The optimizers whose ZeRO-1 state is saved halfway, each in OUT/ckpt_<name>.
+SAVED = ("adam", "adam_8bit")
 # w1 has 8,192 params: large enough for a quantized moment (min_size 4,096).
 SHAPES = {"w1": (128, 64), "b1": (64,), "w2": (64, 8), "b2": (8,)}
 
@@ -209,9 +211,8 @@ def checkpoint_checks(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Adam under ZeRO-1, saved halfway by both processes, restored in two layouts."""
   tx, rows = OPTIMIZERS["adam"](), NamedSharding(layout["grads"]["w1"].mesh, P("data"))
-  save_checkpoint(out / "ckpt", {"params": halfway[0], "opt_state": halfway[1]})
   saved = flat(halfway)
-  restored = restore_checkpoint(out / "ckpt", restore_target(tx, halfway[0], layout))
+  restored = restore_checkpoint(out / "ckpt_adam", restore_target(tx, halfway[0], layout))
   resumed = train(step, restored["params"], restored["opt_state"], range(SAVED_AT, STEPS), rows)
   results = {
     "restored/same_layout_ulp": max_ulp(flat((restored["params"], restored["opt_state"])), saved)
@@ -226,7 +227,7 @@ def checkpoint_checks(
       halfway[0],
     )
     other = zero1_layout(tx, params, mesh)
-    again = restore_checkpoint(out / "ckpt", restore_target(tx, params, other))
+    again = restore_checkpoint(out / "ckpt_adam", restore_target(tx, params, other))
     results["restored/other_layout_ulp"] = max_ulp(
       flat((again["params"], again["opt_state"])), saved
     )
@@ -242,7 +243,7 @@ def checkpoint_checks(
       range(SAVED_AT, STEPS),
       NamedSharding(mesh, P("data")),
     )
-  return results, {"resumed": resumed, "other_layout": other_run, "saved": saved}
+  return results, {"resumed": resumed, "other_layout": other_run}
 
 
 def train_scenario(out: pathlib.Path) -> None:
@@ -263,6 +264,9 @@ def train_scenario(out: pathlib.Path) -> None:
       step = make_step(tx, layout)
       state = jax.jit(tx.init, out_shardings=layout["out"][1])(params)
       halfway = train(step, params, state, range(SAVED_AT), rows)
+      if name in SAVED:
+        save_checkpoint(out / f"ckpt_{name}", {"params": halfway[0], "opt_state": halfway[1]})
+        arrays |= flat(halfway, f"{name}/saved")
       zero1 = train(step, *halfway, range(SAVED_AT, STEPS), rows)
       results[f"{name}/bytes/zero1"] = moment_bytes(zero1[1])
       results[f"{name}/zero1_vs_plain_ulp"] = max_ulp(flat(zero1), flat(plain))
@@ -274,7 +278,6 @@ def train_scenario(out: pathlib.Path) -> None:
         results["resumed/other_layout_scaled_ulp"] = scaled_ulp(
           flat(runs["other_layout"]), flat(zero1)
         )
-        arrays |= {f"adam/saved{key}": value for key, value in runs["saved"].items()}
   if jax.process_index() == 0:
     np.savez(out / "train.npz", **arrays)
     (out / "train.json").write_text(json.dumps(results))
@@ -293,9 +296,20 @@ def single_scenario(out: pathlib.Path) -> None:
       results[f"{name}/{mode}_vs_single/params_ulp"] = max_ulp(run, single, "[0]")
       results[f"{name}/{mode}_vs_single/params_scaled_ulp"] = scaled_ulp(run, single, "[0]")
       results[f"{name}/{mode}_vs_single/state_scaled_ulp"] = scaled_ulp(run, single, "[1]")
-  # The checkpoint of 2 processes and 8 devices, into 1 process and 1 device.
+  # The checkpoints of 2 processes and 8 devices, into 1 process and 1 device: into
+  # arrays, and into the abstract target of jax.eval_shape, which places nothing.
+  for name in SAVED:
+    tx = OPTIMIZERS[name]()
+    abstract = jax.eval_shape(lambda: {"params": params, "opt_state": tx.init(params)})  # noqa: B023
+    restored = restore_checkpoint(out / f"ckpt_{name}", abstract)
+    pair = (restored["params"], restored["opt_state"])
+    results[f"restored/{name}/eval_shape_ulp"] = max_ulp(flat(pair), part(arrays, f"{name}/saved"))
+    results[f"restored/{name}/eval_shape_devices"] = sorted(
+      {str(leaf.device) for leaf in jax.tree.leaves(pair)}
+    )
   tx = OPTIMIZERS["adam"]()
-  restored = restore_checkpoint(out / "ckpt", {"params": params, "opt_state": tx.init(params)})
+  target = {"params": params, "opt_state": tx.init(params)}
+  restored = restore_checkpoint(out / "ckpt_adam", target)
   pair = (restored["params"], restored["opt_state"])
   results["restored/one_process_ulp"] = max_ulp(flat(pair), part(arrays, "adam/saved"))
   resumed = flat(train(make_step(tx), *pair, range(SAVED_AT, STEPS), None))

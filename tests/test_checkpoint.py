@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
 import re
 from collections.abc import Callable
@@ -13,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import restore_checks
+from fresh_python import run_python
 from matrix import NAMES, WITH_STORAGE, ours
 from training import assert_trees_equal, train
 
@@ -113,12 +116,18 @@ MISMATCHES = {
     lambda: _params(width=5),
     "the leaf at opt_state.0.mu.b is bfloat16[4] in the checkpoint but bfloat16[5]",
   ),
-  "another_dtype": (
-    lambda p: ao.adam(1e-2).init(p),  # nu stored in bfloat16, saved in float32
+  "another_params_dtype": (  # params are not converted: another dtype is another model
+    lambda p: ao.adam(1e-2, nu_dtype=jnp.float32).init(p),
+    lambda: _params(bias_dtype=jnp.float32),
+    "the leaf at params.b is bfloat16[4] in the checkpoint but float32[4]",
+  ),
+  "amsgrad_into_adam": (  # the other way round: the running maximum would be dropped
+    lambda p: ao.adam(1e-2, nu_dtype=jnp.float32).init(p),
     _params,
-    "the leaf at opt_state.0.nu.b is float32[4] in the checkpoint but bfloat16[4]",
+    "would drop opt_state.2.nu_max, which the target has no place for (pass allow_drop=True",
   ),
 }
+SAVED_BY = {"amsgrad_into_adam": lambda: ao.amsgrad(1e-2, nu_dtype=jnp.float32)}
 
 
 @pytest.mark.filterwarnings("ignore:b2=0.999 cannot move a moment stored in bfloat16")
@@ -126,9 +135,13 @@ MISMATCHES = {
   ("make_state", "make_params", "message"), MISMATCHES.values(), ids=MISMATCHES.keys()
 )
 def test_a_mismatched_target_is_refused_by_name_and_nothing_is_touched(
-  make_state: Any, make_params: Any, message: str, tmp_path: pathlib.Path
+  make_state: Any,
+  make_params: Any,
+  message: str,
+  tmp_path: pathlib.Path,
+  request: pytest.FixtureRequest,
 ) -> None:
-  tx = ao.adam(1e-2, nu_dtype=jnp.float32)
+  tx = SAVED_BY.get(request.node.callspec.id, lambda: ao.adam(1e-2, nu_dtype=jnp.float32))()
   params = _params()
   saved = train(tx, params, tx.init(params), _grads(2))
   save_checkpoint(tmp_path / "ckpt", {"params": saved[0], "opt_state": saved[1]})
@@ -137,8 +150,9 @@ def test_a_mismatched_target_is_refused_by_name_and_nothing_is_touched(
   params = make_params()
   target = {"params": params, "opt_state": make_state(params)}
   before = jax.tree.map(np.array, target)
-  with pytest.raises(ValueError, match=re.escape(message)):
+  with pytest.raises(ValueError, match=re.escape(message)) as error:
     restore_checkpoint(tmp_path / "ckpt", target)
+  assert "\n" not in str(error.value)
   assert _snapshot(tmp_path) == on_disk
   assert_trees_equal(jax.tree.map(np.asarray, target), before)
 
@@ -160,3 +174,70 @@ def test_a_directory_that_is_not_a_complete_checkpoint_is_refused(tmp_path: path
   for directory in ("ckpt", "ckpt.orbax-checkpoint-tmp"):
     with pytest.raises(ValueError, match="not a complete checkpoint"):
       restore_checkpoint(tmp_path / directory, target)
+
+
+def test_an_amsgrad_checkpoint_restores_into_adam_when_asked_to_drop(
+  tmp_path: pathlib.Path,
+) -> None:
+  amsgrad, adam = ao.amsgrad(1e-2), ao.adam(1e-2)
+  params = _params(bias_dtype=jnp.float32)
+  state = train(amsgrad, params, amsgrad.init(params), _grads(2, jnp.float32))[1]
+  save_checkpoint(tmp_path / "ckpt", state)
+  restored = restore_checkpoint(tmp_path / "ckpt", adam.init(params), allow_drop=True)
+  assert_trees_equal(restored, ao.convert_state(state, adam.init(params), allow_drop=True))
+
+
+def test_a_truncated_file_is_one_line_naming_the_array_and_nothing_is_touched(
+  tmp_path: pathlib.Path,
+) -> None:
+  tx = ao.adam(1e-2)
+  params = {"w": jnp.arange(5000.0), "b": jnp.ones(3)}
+  save_checkpoint(tmp_path / "ckpt", {"params": params, "opt_state": tx.init(params)})
+  # The largest file holds the params' data: cut it in half, as a full disk would.
+  data = max(
+    (f for f in (tmp_path / "ckpt").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size
+  )
+  data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+  on_disk = _snapshot(tmp_path)
+  target = {"params": jax.tree.map(jnp.zeros_like, params), "opt_state": tx.init(params)}
+  with pytest.raises(ValueError, match=r"could not be read .* the array params.w") as error:
+    restore_checkpoint(tmp_path / "ckpt", target)
+  assert "\n" not in str(error.value)
+  assert "nothing was restored" in str(error.value)
+  assert _snapshot(tmp_path) == on_disk
+  assert float(jnp.sum(target["params"]["w"])) == 0.0
+
+
+def test_eval_shape_targets_restore_on_any_device_count(tmp_path: pathlib.Path) -> None:
+  # One device here (CPU or not) -> 8 CPU devices in a fresh process, and back.
+  for kind, make_tx in restore_checks.OPTIMIZERS.items():
+    saved = restore_checks.trained(make_tx(), restore_checks.params())
+    save_checkpoint(tmp_path / "one" / kind, saved)
+    np.savez(tmp_path / "one" / f"{kind}.npz", **restore_checks.stored_bytes(saved))
+  run = run_python(["tests/restore_checks.py", str(tmp_path)], host_devices=8)
+  assert run.returncode == 0, run.stderr[-4000:]
+  found = json.loads(run.stdout.splitlines()[-1])
+  assert found["devices"] == 8
+  for kind, make_tx in restore_checks.OPTIMIZERS.items():
+    # 1 -> 8: bit for bit, where each target put its leaves.
+    assert found[f"{kind}/unsharded"] == [True, ["cpu:0"]], found
+    assert found[f"{kind}/on_mesh"] == [True, ["replicated"]], found
+    # The params' rows over the mesh, and the moments' (codes and scales) with them.
+    assert found[f"{kind}/sharded"] == [True, ["d"]], found
+    assert found[f"{kind}/sharded_mu_quantized"] is (kind == "8bit")
+    # 8 -> 1, into the issue's target: jax.eval_shape of a plain init, no sharding.
+    tx, params = make_tx(), restore_checks.params()
+    abstract = jax.eval_shape(lambda: {"params": params, "opt_state": tx.init(params)})  # noqa: B023
+    restored = restore_checkpoint(tmp_path / "eight" / kind, abstract)
+    assert restore_checks.same_bytes(restored, tmp_path / "eight" / f"{kind}.npz")
+    assert {leaf.device for leaf in jax.tree.leaves(restored)} == {jax.devices()[0]}
+  # 8 devices, 8-bit -> 1 device, float32: across topologies and formats at once.
+  tx, params = restore_checks.OPTIMIZERS["float32"](), restore_checks.params()
+  target = jax.eval_shape(lambda: {"params": params, "opt_state": tx.init(params)})
+  eight_bit = restore_checks.OPTIMIZERS["8bit"]()
+  as_saved = restore_checkpoint(
+    tmp_path / "eight" / "8bit",
+    jax.eval_shape(lambda: {"params": params, "opt_state": eight_bit.init(params)}),
+  )
+  restored = restore_checkpoint(tmp_path / "eight" / "8bit", target)
+  assert_trees_equal(restored, ao.convert_state(as_saved, target))

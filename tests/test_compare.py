@@ -13,7 +13,7 @@ from flax import nnx
 
 import adam_optax as ao
 from adam_optax import cli
-from adam_optax.experiments import data, models, optimizers, report, train
+from adam_optax.experiments import compare, data, models, optimizers, report, sources, train
 from adam_optax.experiments.problems import PROBLEMS
 
 # Small runs on the digits: every problem with Adam (and the VAE's bias-correction study).
@@ -48,19 +48,28 @@ def test_writes_results_prints_the_table_and_repeats_exactly(
   logreg = [r for r in records if r["problem"] == "logreg"]
   assert all(r["final_train_loss"] < r["train_loss_curve"][0] for r in logreg)
   assert {r["learning_rate"] for r in logreg} == set(optimizers.OPTIMIZERS["adam"].learning_rates)
-  # Adam alone: only figure 4's claim can be judged; its verdict is one of the three.
-  (verdict,) = payload["verdicts"]
-  assert verdict["figure"] == "4"
-  assert verdict["verdict"] in ("holds", "does not hold", "inconclusive")
+  # Adam alone: only figure 4's claim can be judged, part by part; the others say why not.
+  judged = {j["figure"]: j for j in payload["verdicts"]}
+  assert list(judged) == ["1 (left)", "1 (right)", "2", "3", "4"]
+  assert all(judged[f]["verdict"] is None for f in ("1 (left)", "1 (right)", "2", "3"))
+  assert judged["1 (right)"]["flags"][0] == "synthetic data"
+  assert all(
+    p["verdict"] in ("holds", "does not hold", "inconclusive") for p in judged["4"]["parts"]
+  )
+  assert judged["4"]["verdict"].endswith(" of 3 parts hold")
   assert "synthetic" in " ".join(payload["differences"]["bow"])
   table = (results / "results.md").read_text()
   assert table.startswith("# adam-optax compare\n\n## What this run shows\n")
-  assert "- **Figure 4**, VAE: without bias correction" in table
+  assert "- **Figure 4** (§6.4, variational autoencoder" in table
+  assert "Optimizer states: float32 for adam, adam_no_bias_correction." in table
   assert "## What differs from the paper" in table
   for name in PROBLEMS:
     assert f"### {name} (20 steps, 2 seeds)" in table
     assert (results / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
-  assert "| optimizer | best lr | lrs tried | final train loss | test accuracy (%) |" in printed
+  header = (
+    "| optimizer | best lr | lrs tried | log-loss area | final train loss | test accuracy (%) |"
+  )
+  assert header in printed
   assert "| adam_no_bias_correction | 0.9 | 0.9999 |" in printed
   probe = tmp_path / "probe"
   probe.write_text("")  # the results get the permissions of any new file
@@ -125,8 +134,9 @@ def test_unwritable_out_fails_before_training(
   assert err.startswith("adam-optax compare: error: cannot write to --out")
 
 
-def test_interrupted_run_writes_nothing(
-  tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+@pytest.mark.parametrize("existing", [False, True])
+def test_interrupted_run_writes_nothing_and_leaves_no_folder(
+  tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, existing: bool
 ) -> None:
   real_train = train.train
   calls = []
@@ -138,12 +148,38 @@ def test_interrupted_run_writes_nothing(
     return real_train(*args, **kwargs)
 
   monkeypatch.setattr(train, "train", interrupted_after_first)
-  out = tmp_path / "out"
+  out = tmp_path / "runs" / "out"
+  if existing:
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
   flags = ["--problems", "logreg", "--optimizers", "adam,sgd_nesterov,adagrad"]
   assert _compare(out, *flags) == 130
   assert len(calls) >= 2
-  assert list(out.iterdir()) == []
-  assert "interrupted" in capsys.readouterr().err
+  if existing:
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+  else:
+    assert not (tmp_path / "runs").exists()  # the folders it made are gone too
+  err = capsys.readouterr().err.splitlines()
+  assert err[-1] == f"adam-optax compare: interrupted; nothing written to {out}"
+
+
+def test_an_interrupt_in_the_first_seconds_is_one_line(
+  tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+  # While the data load (before --out is made), and while the modules import (inside cli).
+  def interrupt(*args: object) -> None:
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(sources, "load_datasets", interrupt)
+  assert _compare(tmp_path / "out") == 130
+  assert (
+    capsys.readouterr().err
+    == f"adam-optax compare: interrupted; nothing written to {tmp_path / 'out'}\n"
+  )
+  monkeypatch.setattr(compare, "add_arguments", interrupt)
+  assert cli.main(["compare", "--quick"]) == 130
+  assert capsys.readouterr().err == "adam-optax compare: interrupted\n"
+  assert list(tmp_path.iterdir()) == []
 
 
 def test_write_atomically_leaves_nothing_when_a_writer_fails(tmp_path: Path) -> None:
@@ -225,7 +261,7 @@ def test_summarize_keeps_the_lowest_mean_loss_and_skips_diverged() -> None:
       (0.01, 1, 0.9),
     ]
   ]
-  (summary,) = report.summarize(records)
+  (summary,) = report.summarize(records, report.FINAL)
   assert summary.record["learning_rate"] == 0.1
   assert (summary.diverged, summary.total) == (1, 6)
   assert [r["seed"] for r in summary.runs] == [0, 1]

@@ -29,7 +29,6 @@ import pytest
 from distributed_checks import TIMEOUTS, UNREACHABLE_TIMEOUT
 from fresh_python import ROOT, run_python
 
-import adam_optax as ao
 from adam_optax import distributed
 from adam_optax.checkpoint import restore_checkpoint
 
@@ -37,19 +36,22 @@ CHECKS = "tests/distributed_checks.py"
 # Failures end every process within their timeout plus what JAX takes beyond
 # it (measured: up to 5.2 s) and a margin for a loaded machine.
 SLACK = 10
-OPTIMIZERS = [
-  "adam",
-  "adamw",
-  pytest.param(
-    "adam_8bit",
-    marks=pytest.mark.skipif(not hasattr(ao, "Quantized"), reason="ao.Quantized not there yet"),
-  ),
-]
+OPTIMIZERS = ["adam", "adamw", "adam_8bit"]
+
+
+def _env() -> dict[str, str]:
+  """The processes' environment: the repository importable, JAX on CPU devices (gloo)."""
+  return {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+  }
 
 
 def _launch(scenario: str, out: pathlib.Path) -> list[subprocess.CompletedProcess[str]]:
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-  return distributed.launch([CHECKS, scenario, str(out)], 2, local_devices=4, env=env, timeout=240)
+  return distributed.launch(
+    [CHECKS, scenario, str(out)], 2, local_devices=4, env=_env(), timeout=240
+  )
 
 
 def _failed(runs: list[subprocess.CompletedProcess[str]]) -> str:
@@ -75,7 +77,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
       out.mkdir(exist_ok=True)
       runs = _launch("train", out)
       assert all(run.returncode == 0 for run in runs), _failed(runs)
-      single = run_python([CHECKS, "single", str(out)])
+      single = run_python([CHECKS, "single", str(out)], host_devices=1)
       assert single.returncode == 0, single.stderr[-4000:]
       found = json.loads((out / "train.json").read_text())
       cached.write_text(json.dumps(found | json.loads(single.stdout.splitlines()[-1])))
@@ -120,6 +122,10 @@ def test_a_checkpoint_of_two_processes_restores_anywhere_and_resumes_exactly(
   assert results["restored/other_layout_ulp"] == 0
   assert results["restored/one_process_ulp"] == 0
   assert results["restored/other_layout_w1_mu"] == ["P('data', None)", [64, 64]]
+  # Into jax.eval_shape targets (no sharding: the default device), float32 and 8-bit.
+  for name in ("adam", "adam_8bit"):
+    assert results[f"restored/{name}/eval_shape_ulp"] == 0
+    assert results[f"restored/{name}/eval_shape_devices"] == ["cpu:0"]
   # Resumed in the layout it was saved from: what never stopped, bit for bit.
   assert results["resumed/same_layout_ulp"] == 0
   # Elsewhere the gradient is summed in another order: rounding only.
@@ -164,7 +170,7 @@ def test_an_error_in_one_process_ends_the_others_at_the_shutdown_timeout(
 def test_a_lone_process_ends_in_bounded_time_with_a_clear_error(tmp_path: pathlib.Path) -> None:
   # Lone processes of 2-process runs: process 1 finds no coordinator, a process 0
   # (the coordinator) no peer, and another process 0 a port that a socket holds.
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+  env = _env()
   env.pop("XLA_FLAGS", None)
   messages = {  # the three cases in the order they end
     "no_coordinator": "TimeoutError: process 1 could not reach the coordinator",
@@ -249,4 +255,4 @@ def test_processes_of_two_runs_that_meet_on_one_port_refuse_to_train_together() 
   # As if two launches had drawn the same port: each process has another run id.
   before = "os.environ[distributed.RUN_ID] = os.environ[distributed.PROCESS_ID]; "
   with pytest.raises(RuntimeError, match="every one of 1 coordinator ports was taken"):
-    distributed.launch(["-c", JOIN.format(before=before)], 2, timeout=120, attempts=1)
+    distributed.launch(["-c", JOIN.format(before=before)], 2, env=_env(), timeout=120, attempts=1)

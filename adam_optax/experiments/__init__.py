@@ -17,10 +17,15 @@ Used by ``adam-optax compare`` and by the notebooks, so both run the same code:
 * :mod:`~adam_optax.experiments.train`: the whole grid of seeds x
   hyper-parameters of one problem and optimizer as one vmapped, jit-compiled
   program;
+* :mod:`~adam_optax.experiments.claims`: the paper's claims, split into
+  parts, each paraphrased with its section and figure, and the margins;
+* :mod:`~adam_optax.experiments.comparisons` and
+  :mod:`~adam_optax.experiments.stability`: two settings compared seed by
+  seed with a margin; figure 4's step sizes counted across the sweep;
 * :mod:`~adam_optax.experiments.report`,
   :mod:`~adam_optax.experiments.verdicts` and
   :mod:`~adam_optax.experiments.plots`: ``results.json``, ``results.md`` (with
-  a verdict on each of the paper's claims) and the figures;
+  a verdict on each part of each of the paper's claims) and the figures;
 * :mod:`~adam_optax.experiments.diagnostics`: what ``--diagnostics`` records
   (the SNR and the step size against its bounds) and evaluates (the averaged
   parameters);

@@ -102,7 +102,7 @@ def synthetic_reviews(
 
   Returns:
     The :class:`~adam_optax.experiments.data.Dataset` of
-    :class:`BagOfWords`, its ``source`` saying that it is synthetic.
+    :class:`BagOfWords`, marked ``synthetic``, its ``source`` saying so.
 
   References:
     Maas et al., "Learning Word Vectors for Sentiment Analysis", ACL 2011
@@ -125,4 +125,4 @@ def synthetic_reviews(
     f"synthetic bag-of-words reviews (not IMDB): {documents:,} documents, {vocabulary:,} words "
     f"with Zipf frequencies (s = {ZIPF_EXPONENT:g}); bring real ones with --data"
   )
-  return split_bag(bag, labels, vocabulary, source)
+  return split_bag(bag, labels, vocabulary, source)._replace(synthetic=True)

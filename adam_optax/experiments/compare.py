@@ -2,29 +2,30 @@
 
 For each problem and optimizer, every seed and learning rate of the grid is
 trained at once (one vmapped, jit-compiled program, see
-:mod:`~adam_optax.experiments.train`); the best learning rate (lowest mean
-final training loss) is kept, as in the paper's figures. When the best is at
-an edge of the grid, the grid is widened
-(:data:`~adam_optax.experiments.programs.WIDENINGS` times at most); a best still at
-the edge is flagged in ``results.md``. The VAE runs the bias-correction study
-of figure 4 instead: Adam with and without bias correction over b1, b2 and
-the step size.
+:mod:`~adam_optax.experiments.train`). When a setting's best learning rate is
+at an edge of the grid, the grid is widened
+(:data:`~adam_optax.experiments.programs.WIDENINGS` times at most); a best
+still at the edge is flagged, and a verdict it could reverse is
+inconclusive. The VAE runs the bias-correction study of figure 4 instead:
+Adam with and without bias correction over b1, b2 and the step size.
 
 Writes ``DIR/results.json`` (the verdicts, the differences from the paper
 and one record per run), ``DIR/results.md`` (opening with "What this run
-shows", :mod:`~adam_optax.experiments.verdicts`) and ``DIR/<problem>.png``,
-all renamed into place only once everything is done; the files of an earlier
-run in ``DIR`` that this run does not write again (figures of other
-problems) are removed, and nothing else in ``DIR`` is touched. With
-``--diagnostics`` the Adam-family runs also record the signal-to-noise ratio
-and the step size against its bounds at every step
-(:mod:`~adam_optax.experiments.diagnostics`).
+shows", part by part, :mod:`~adam_optax.experiments.verdicts`) and
+``DIR/<problem>.png``, all renamed into place only once everything is done;
+the files of an earlier run in ``DIR`` that this run does not write again
+(figures of other problems) are removed, and nothing else in ``DIR`` is
+touched. Interrupted (Ctrl-C), it writes nothing, removes the folders it
+made, and says so in one line. With ``--diagnostics`` the Adam-family runs
+also record the signal-to-noise ratio and the step size against its bounds
+at every step (:mod:`~adam_optax.experiments.diagnostics`).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import functools
 import json
 import sys
@@ -32,7 +33,6 @@ import threading
 import time
 from pathlib import Path
 
-import adam_optax as ao
 from adam_optax.experiments import (
   data,
   diagnostics,
@@ -53,8 +53,10 @@ from adam_optax.experiments.programs import (
   QUICK_STEPS,
   STATES,
   Program,
+  bases,
   differences,
   plan,
+  storage,
   widened,
 )
 from adam_optax.experiments.progress import Progress
@@ -129,7 +131,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     "--seeds",
     type=flags.positive_int,
     default=None,
-    help=f"number of seeds, 0..N-1 (default: {DEFAULT_SEEDS}; with --quick: {QUICK_SEEDS})",
+    help=f"number of seeds (default: {DEFAULT_SEEDS}; with --quick: {QUICK_SEEDS})",
+  )
+  parser.add_argument(
+    "--seed-offset",
+    type=flags.natural_int,
+    default=0,
+    metavar="K",
+    help="the first seed: seeds K..K+N-1 (default: 0); another K draws another set of seeds",
   )
   parser.add_argument(
     "--out",
@@ -212,12 +221,26 @@ def train_all(
   return [record for order in sorted(results) for record in results[order]]
 
 
-def _markdown(
-  judged: list[dict], diffs: dict[str, list[str]], summaries: list[report.Summary]
-) -> str:
-  """The ``results.md`` text: verdicts, differences, the tables, any diagnostics section."""
-  lines = ["# adam-optax compare", "", verdicts.markdown(judged)]
-  lines += ["## What differs from the paper", ""]
+def _remove_empty(folders: list[Path]) -> None:
+  """Removes the folders (innermost first) that are still empty."""
+  for folder in reversed(folders):
+    with contextlib.suppress(OSError):
+      folder.rmdir()
+
+
+def _markdown(judged: list[dict], diffs: dict[str, list[str]], records: list[report.Record]) -> str:
+  """The ``results.md`` text: verdicts, the run, differences, tables, any diagnostics section."""
+  summaries = report.summarize(records)
+  seeds = sorted({r["seed"] for r in records})
+  lines = ["# adam-optax compare", "", verdicts.markdown(judged), "## What this run was", ""]
+  lines += [
+    f"Seeds {seeds[0]}–{seeds[-1]} ({len(seeds)}; `--seeds`, `--seed-offset`). "
+    + storage(records)
+    + " Data, steps and sizes per problem below.",
+    "",
+    "## What differs from the paper",
+    "",
+  ]
   for problem, items in diffs.items():
     lines.append(f"- **{problem}** (figure {PROBLEMS[problem].figure}): " + "; ".join(items) + ".")
   lines += ["", report.markdown(summaries)]
@@ -226,7 +249,7 @@ def _markdown(
 
 
 def _writers(
-  all_records: list[report.Record], summaries: list[report.Summary], text: str, payload: dict
+  all_records: list[report.Record], judged: list[dict], text: str, payload: dict
 ) -> dict[str, report.Writer]:
   """The output files: results.json, results.md, one PNG per problem and any diagnostics PNGs."""
   writers: dict[str, report.Writer] = {
@@ -235,15 +258,17 @@ def _writers(
     ),
     "results.md": lambda path: path.write_text(text),
   }
+  summaries = report.summarize(all_records)
   for name in dict.fromkeys(r["problem"] for r in all_records):
     problem = PROBLEMS[name]
     own = [s for s in summaries if s.record["problem"] == name]
+    verdict = next((j for j in judged if j["problem"] == name), None)
     if problem.study == "bias_correction":
       figure = plots.bias_correction_figure(
-        problem.title, [r for r in all_records if r["problem"] == name]
+        problem.title, [r for r in all_records if r["problem"] == name], verdict
       )
     else:
-      figure = plots.curves_figure(problem.title, own)
+      figure = plots.curves_figure(problem.title, own, verdict=verdict)
     writers[f"{name}.png"] = functools.partial(plots.save_png, figure)
     watched = diagnostics.watched(own)
     if watched:
@@ -252,40 +277,41 @@ def _writers(
   return writers
 
 
-def _flag_error(args: argparse.Namespace, programs: list[Program]) -> str | None:
-  if args.states != "float32" and getattr(ao, "Quantized", None) is None:
-    return f"--states {args.states} needs ao.Quantized, which this adam_optax does not have yet"
-  return diagnostics.flag_error(args, {p.problem.name for p in programs if p.watched})
-
-
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-  """Runs the comparison; returns 0, or 130 when interrupted (nothing written)."""
-  if args.states != "float32" and getattr(ao, "Quantized", None) is None:
-    parser.error(_flag_error(args, []) or "")
+  """Runs the comparison; returns 0, or 130 when interrupted (nothing written, nothing left)."""
+  created: list[Path] = []
+  try:
+    return _run(args, parser, created)
+  except KeyboardInterrupt:
+    print(f"adam-optax compare: interrupted; nothing written to {args.out}", file=sys.stderr)
+    return 130
+  finally:
+    _remove_empty(created)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, created: list[Path]) -> int:
+  """:func:`run`, filling ``created`` with the folders it makes."""
   try:
     datasets = sources.load_datasets(args)
   except loaders.DataError as error:
     parser.error(f"--data: {error}")
   programs = plan(args, datasets)
-  error = _flag_error(args, programs)
+  error = diagnostics.flag_error(args, {p.problem.name for p in programs if p.watched})
   if error:
     parser.error(error)
+  created += [folder for folder in (args.out, *args.out.parents) if not folder.exists()][::-1]
   error = flags.make_folder(args.out, "--out")
   if error:
-    parser.error(error)
+    parser.error(error)  # run() removes the folders made
   started = time.perf_counter()
-  try:
-    all_records = train_all(programs, datasets)
-    summaries = report.summarize(all_records)
-    judged = verdicts.verdicts(all_records)
-    diffs = differences(programs, datasets)
-    text = _markdown(judged, diffs, summaries)
-    payload = {"verdicts": judged, "differences": diffs, "runs": all_records}
-    writers = _writers(all_records, summaries, text, payload)
-    removed = report.write_atomically(args.out, writers, OWNED)
-  except KeyboardInterrupt:
-    print(f"adam-optax compare: interrupted; nothing written to {args.out}", file=sys.stderr)
-    return 130
+  all_records = train_all(programs, datasets)
+  judged = verdicts.verdicts(all_records, bases(programs, datasets))
+  diffs = differences(programs, datasets)
+  text = _markdown(judged, diffs, all_records)
+  payload = {"verdicts": judged, "differences": diffs, "runs": all_records}
+  writers = _writers(all_records, judged, text, payload)
+  removed = report.write_atomically(args.out, writers, OWNED)
+  created.clear()  # written: the folders stay
   print(text)
   elapsed = time.perf_counter() - started
   print(f"{len(all_records)} runs in {elapsed:.0f} s; wrote {', '.join(writers)} to {args.out}")

@@ -37,6 +37,8 @@ class Dataset(NamedTuple):
     y_test: test labels, int32.
     source: where the data came from, for ``results.md``.
     input_shape: the shape of one input (``(vocabulary,)`` for a bag of words).
+    synthetic: whether it was generated rather than collected (the verdicts resting
+      on it say so).
   """
 
   x_train: Any
@@ -45,6 +47,7 @@ class Dataset(NamedTuple):
   y_test: np.ndarray
   source: str
   input_shape: tuple[int, ...]
+  synthetic: bool = False
 
   @property
   def classes(self) -> int:

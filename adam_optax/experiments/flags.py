@@ -62,6 +62,7 @@ def number(convert: Callable[[str], T], accept: Callable[[T], bool], expected: s
 
 
 positive_int = number(int, lambda value: value >= 1, "a positive integer")
+natural_int = number(int, lambda value: value >= 0, "a non-negative integer")
 decay_rate = number(float, lambda value: 0 <= value < 1, "a number in [0, 1)")
 
 

@@ -5,7 +5,8 @@ hyper-parameters, compiled and trained as one (see
 :mod:`~adam_optax.experiments.train`). :func:`plan` makes them from the flags;
 :func:`widened` makes the one that extends a grid whose best learning rate
 sits at an edge; :func:`differences` lists what a run still does otherwise
-than the paper.
+than the paper, :func:`bases` what each verdict rests on, and :func:`storage`
+how each optimizer stored its state.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import adam_optax as ao
-from adam_optax.experiments import data, diagnostics, optimizers, report, train
+from adam_optax.experiments import claims, data, diagnostics, optimizers, report, train, verdicts
 from adam_optax.experiments.problems import PROBLEMS, Problem
 
-DEFAULT_SEEDS = 2
+DEFAULT_SEEDS = 3
 # --quick: a smoke run of every problem on the digits (Adam only, and the VAE study).
 QUICK_STEPS = 30
 QUICK_SEEDS = 2
@@ -40,7 +41,8 @@ class Program:
     grid: the runs.
     steps: training steps per run.
     watched: whether it records diagnostics and evaluates averaged parameters.
-    states: the ``--states`` of the records.
+    states: how the optimizer stores its state: ``--states`` for the Adam
+      family, ``"float32"`` for the others (their own states).
     widenings: how many more times its learning-rate grid may be widened.
   """
 
@@ -89,15 +91,17 @@ def make_program(
   **axes: Sequence[float],
 ) -> Program:
   """One program; with ``--diagnostics``, an Adam-family one records and averages."""
-  seeds = range(args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS))
+  count = args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
+  seeds = range(args.seed_offset, args.seed_offset + count)
+  states = args.states if optimizer.stores_moments else "float32"
   optimizer = stored(optimizer, args.states)
-  widenings = WIDENINGS if problem.study == "optimizers" and not args.quick else 0
+  widenings = 0 if args.quick else WIDENINGS
   if not (args.diagnostics and optimizer.records_diagnostics):
     grid = train.make_grid(seeds, **axes)
-    return Program(problem, optimizer, grid, steps, states=args.states, widenings=widenings)
+    return Program(problem, optimizer, grid, steps, states=states, widenings=widenings)
   grid = train.make_grid(seeds, **axes, average_beta=(diagnostics.average_beta(args),))
   instrumented = diagnostics.instrument(optimizer)
-  return Program(problem, instrumented, grid, steps, True, args.states, widenings)
+  return Program(problem, instrumented, grid, steps, True, states, widenings)
 
 
 def plan(args: argparse.Namespace, datasets: dict[str, data.Dataset]) -> list[Program]:
@@ -132,16 +136,26 @@ def plan(args: argparse.Namespace, datasets: dict[str, data.Dataset]) -> list[Pr
 
 
 def widened(program: Program, records: list[report.Record]) -> Program | None:
-  """The program of the learning rates beyond the grid's edge, if the best sits there."""
+  """The program of the learning rates beyond the grid's edge, if a best sits there.
+
+  A best for any statistic the problem's verdicts read
+  (:func:`~adam_optax.experiments.claims.selecting`), of any setting of the
+  program (each ``b1, b2`` of the bias-correction study); the other
+  hyper-parameters keep their values.
+  """
   if program.widenings == 0:
     return None
-  (summary,) = report.summarize(records)
-  extra = optimizers.widen(summary.learning_rates, summary.record["learning_rate"], WIDEN_POINTS)
+  extra: set[float] = set()
+  for statistic in claims.selecting(program.problem.name):
+    for summary in report.summarize(records, statistic):
+      best = summary.record["learning_rate"]
+      extra.update(optimizers.widen(summary.learning_rates, best, WIDEN_POINTS))
   if not extra:
     return None
-  hyperparams = {"learning_rate": extra}
-  if program.watched:
-    hyperparams["average_beta"] = (float(program.grid.hyperparams["average_beta"][0]),)
+  hyperparams = {
+    name: sorted(extra) if name == "learning_rate" else sorted(set(values.tolist()))
+    for name, values in program.grid.hyperparams.items()
+  }
   seeds = sorted(set(program.grid.seeds.tolist()))
   grid = train.make_grid(seeds, **hyperparams)
   return dataclasses.replace(program, grid=grid, widenings=program.widenings - 1)
@@ -166,3 +180,36 @@ def differences(programs: list[Program], datasets: dict[str, data.Dataset]) -> d
     )
     out[problem.name] = items
   return out
+
+
+def bases(programs: list[Program], datasets: dict[str, data.Dataset]) -> dict[str, verdicts.Basis]:
+  """Per problem: what its verdict rests on (its data, whether synthetic, its epochs)."""
+  out = {}
+  for program in programs:
+    problem = program.problem
+    dataset = datasets[problem.name]
+    epochs = program.steps * problem.batch_size / len(dataset.y_train)
+    basis = verdicts.Basis(dataset.source, dataset.synthetic, epochs, problem.paper_epochs)
+    out.setdefault(problem.name, basis)
+  return out
+
+
+def storage(all_records: list[report.Record]) -> str:
+  """How each optimizer stored its state, as a sentence of ``results.md``.
+
+  Examples:
+    >>> storage([{"optimizer": "adam", "states": "8bit"},
+    ...          {"optimizer": "sgd_nesterov", "states": "float32"}])
+    'Optimizer states: 8-bit blocks (ao.Quantized(8)) for adam; float32 for sgd_nesterov.'
+  """
+  by_states: dict[str, list[str]] = {}
+  for record in all_records:
+    names = by_states.setdefault(record["states"], [])
+    if record["optimizer"] not in names:
+      names.append(record["optimizer"])
+  listed = []
+  for states, names in by_states.items():
+    bits = STATES[states]
+    what = f"{bits}-bit blocks (ao.Quantized({bits}))" if bits else "float32"
+    listed.append(f"{what} for {', '.join(names)}")
+  return f"Optimizer states: {'; '.join(listed)}."

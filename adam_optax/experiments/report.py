@@ -3,11 +3,14 @@
 A *record* is a JSON-ready dict for one run (problem, optimizer, learning
 rate, seed, ...). A *setting* is a record's identity without learning rate
 and seed (problem, optimizer and, in the bias-correction study, ``b1`` and
-``b2``). :func:`summarize` keeps, for each setting, the learning rate with the
-lowest mean final training loss over seeds, as the paper does for its
-figures. Outputs are written to temporary files and renamed into place at
-the end (:func:`write_atomically`), so an interrupted run leaves nothing that
-looks complete.
+``b2``). The statistics of a run (:data:`STATISTICS`, read by :func:`value`)
+are what the verdicts compare: the area under the log training-loss curve,
+the whole-training-set loss after the first tenth of the steps, and at the
+end. :func:`summarize` keeps, for each setting, the learning rate with the
+lowest mean of one of them over seeds, as the paper keeps the best setting
+of each optimizer for its figures. Outputs are written to temporary files
+and renamed into place at the end (:func:`write_atomically`), so an
+interrupted run leaves nothing that looks complete.
 """
 
 from __future__ import annotations
@@ -28,6 +31,15 @@ from adam_optax.experiments.train import Grid, TrainResult
 
 # Loss curves longer than this are averaged over windows of equal length.
 CURVE_POINTS = 250
+# The statistics of a run (lower is better), by the name that value() reads.
+AREA = "log_area_train_loss"
+EARLY = "first_checkpoint_train_loss"
+FINAL = "final_train_loss"
+STATISTICS = {
+  AREA: "log-loss area",
+  EARLY: "loss after the first tenth",
+  FINAL: "final training loss",
+}
 # Fields that, with "problem" and "optimizer", identify a setting.
 SETTING_FIELDS = ("b1", "b2")
 
@@ -137,26 +149,43 @@ def setting(record: Record) -> tuple:
 
 
 def value(record: Record, field: str) -> float:
-  """``record[field]``, or one of two statistics derived from a record.
+  r"""``record[field]``, or one of the statistics derived from a record.
 
-  ``"first_checkpoint_train_loss"`` is the whole-training-set loss after the
-  first chunk of steps; ``"mean_train_loss"`` the mean of the minibatch
-  training loss over every step (the area under the paper's curves, lower
-  when a run converges faster). Infinite where the run diverged, so that it
-  is never the best.
+  :data:`AREA` is the area under the log training-loss curve per step, given
+  as the loss it averages to: :math:`\exp(\frac1n \sum_t \log L_t)` over the
+  recorded curve (window means of the minibatch loss, as the figures draw
+  it), the geometric mean of the curve. It is lower when a run converges
+  faster, and, unlike the mean of the loss itself, not dominated by the first
+  steps: the ratio of two runs' areas is the mean ratio of their curves,
+  the average height between them on the figure's logarithmic axis.
+  :data:`EARLY` is the whole-training-set loss after the first chunk of
+  steps (a tenth). Infinite where the run diverged, so that it is never
+  the best.
 
   Examples:
-    >>> value({"train_loss_curve": [3.0, 1.0]}, "mean_train_loss")
+    >>> value({"train_loss_curve": [4.0, 1.0]}, AREA)
     2.0
+    >>> value({"train_loss_curve": [4.0, None]}, AREA)
+    inf
   """
-  if field == "first_checkpoint_train_loss":
-    loss = record["checkpoint_train_loss"][0]
-  elif field == "mean_train_loss":
+  if field == AREA:
     curve = floats(record["train_loss_curve"])
-    loss = float(curve.mean()) if np.isfinite(curve).all() else None
+    loss = float(np.exp(np.log(curve).mean())) if np.isfinite(curve).all() else None
+  elif field == EARLY:
+    loss = record["checkpoint_train_loss"][0]
   else:
     loss = record[field]
   return math.inf if loss is None else loss
+
+
+def selection(problem: str) -> str:
+  """The statistic whose best learning rate :func:`summarize` keeps for ``problem``'s tables.
+
+  The log-loss area for the optimizer comparisons (figures 1-3: the fastest
+  curve, as drawn); the final training loss for the bias-correction study
+  (figure 4 draws the loss against the step size).
+  """
+  return FINAL if PROBLEMS[problem].study == "bias_correction" else AREA
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,18 +222,19 @@ class Summary:
     return np.stack([floats(r[f"{metric}_curve"]) for r in self.runs])
 
 
-def summarize(all_records: Sequence[Record], field: str = "final_train_loss") -> list[Summary]:
+def summarize(all_records: Sequence[Record], field: str | None = None) -> list[Summary]:
   """For each setting, the learning rate with the lowest mean ``field`` over seeds.
 
-  ``field`` is the final training loss by default (or any field that
-  :func:`value` reads). A diverged run counts as an infinite loss, so a
-  learning rate is kept only if it trains on every seed, unless none does.
+  ``field`` is any field that :func:`value` reads; by default the
+  :func:`selection` of each setting's problem. A diverged run counts as an
+  infinite loss, so a learning rate is kept only if it trains on every seed,
+  unless none does.
 
   Examples:
     >>> recs = [{"problem": "p", "optimizer": "o", "learning_rate": lr, "seed": s,
     ...          "final_train_loss": loss}
     ...         for lr, s, loss in [(0.1, 0, 1.0), (0.1, 1, None), (0.01, 0, 2.0), (0.01, 1, 2.0)]]
-    >>> [s.record["learning_rate"] for s in summarize(recs)]
+    >>> [s.record["learning_rate"] for s in summarize(recs, FINAL)]
     [0.01]
   """
   by_setting: dict[tuple, dict[float, list[Record]]] = {}
@@ -213,8 +243,9 @@ def summarize(all_records: Sequence[Record], field: str = "final_train_loss") ->
       record
     )
   summaries = []
-  for runs_by_lr in by_setting.values():
-    best_lr = min(runs_by_lr, key=lambda lr: np.mean([value(r, field) for r in runs_by_lr[lr]]))
+  for (problem, *_), runs_by_lr in by_setting.items():
+    statistic = field or selection(problem)
+    best_lr = min(runs_by_lr, key=lambda lr: np.mean([value(r, statistic) for r in runs_by_lr[lr]]))
     runs = tuple(sorted(runs_by_lr[best_lr], key=lambda r: r["seed"]))
     keep = ("problem", "optimizer", *SETTING_FIELDS, "learning_rate")
     every_run = [r for lr_runs in runs_by_lr.values() for r in lr_runs]
@@ -259,6 +290,7 @@ def _problem_table(rows: Sequence[Summary]) -> list[str]:
   """The table of one problem: each setting at its best learning rate."""
   betas = PROBLEMS[rows[0].record["problem"]].study == "bias_correction"
   header = ["optimizer", *(["b1", "b2"] if betas else []), "best lr", "lrs tried"]
+  header += [] if betas else [STATISTICS[AREA]]
   header += ["final train loss", "test loss" if betas else "test accuracy (%)", "diverged"]
   cells_of_rows = []
   for row in rows:
@@ -267,6 +299,8 @@ def _problem_table(rows: Sequence[Summary]) -> list[str]:
     edge = " (edge)" if row.at_edge else ""
     lrs = row.learning_rates
     cells += [f"{row.record['learning_rate']:g}{edge}", f"{len(lrs)}: {lrs[0]:g}–{lrs[-1]:g}"]
+    if not betas:
+      cells.append(mean_std(floats([value(r, AREA) for r in row.runs])))
     cells.append(mean_std(row.values("final_train_loss")))
     cells.append(
       mean_std(row.values("test_loss")) if betas else mean_std(row.values("test_accuracy"), 100)
@@ -281,12 +315,13 @@ def markdown(summaries: Sequence[Summary]) -> str:
   lines = [
     "## Results by problem",
     "",
-    "Mean ± standard deviation over seeds, at the learning rate (of each optimizer's",
-    'log-spaced grid) with the lowest mean final training loss; "(edge)": the best is the',
-    "smallest or largest learning rate tried even after widening the grid, so the optimum is",
-    "not bracketed. Training loss: the whole training set after the last step, without",
-    "dropout. Diverged: runs of the whole sweep (every learning rate and seed) that ended",
-    "with a non-finite loss.",
+    "Mean ± standard deviation over seeds, at each setting's best learning rate (of its",
+    "log-spaced grid): the lowest mean log-loss area for figures 1-3, the lowest mean final",
+    'training loss for figure 4. "(edge)": the best is the smallest or largest learning rate',
+    "tried even after widening the grid, so the optimum is not bracketed. Log-loss area: the",
+    "geometric mean of the minibatch training-loss curve drawn in the figure. Final train",
+    "loss: the whole training set after the last step, without dropout. Diverged: runs of",
+    "the whole sweep (every learning rate and seed) that ended with a non-finite loss.",
   ]
   problems = dict.fromkeys(s.record["problem"] for s in summaries)
   for problem in problems:

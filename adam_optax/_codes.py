@@ -160,14 +160,18 @@ def _inverse(scale: chex.Array) -> chex.Array:
   return jnp.where(scale > 0, 1.0 / scale, 1.0)[..., None]
 
 
-def encode_signed(blocks: chex.Array, bits: int) -> tuple[chex.Array, chex.Array]:
+def encode_signed(
+  blocks: chex.Array, bits: int, scale_from: chex.Array | None = None
+) -> tuple[chex.Array, chex.Array]:
   """Codes (``uint8``: sign and magnitude, two's complement) and bfloat16 scales.
 
   The scale is rounded to bfloat16 first and the block coded against the
   rounded scale, so decoding sees the scale encoding saw. Magnitude code 0
   is 0: magnitudes below :math:`c(1)` minus half a code are stored as 0.
+  ``scale_from`` (the same blocks, computed again: see
+  :func:`adam_optax.quantized.encode`) is what the scales are taken from.
   """
-  scale = _block_max(jnp.abs(blocks)).astype(jnp.bfloat16)
+  scale = _block_max(jnp.abs(blocks if scale_from is None else scale_from)).astype(jnp.bfloat16)
   k = _code(jnp.abs(blocks) * _inverse(scale), True, bits)  # over 1 (rounded scale): clipped
   q = jnp.where(blocks < 0, -k, k)
   return q.astype(jnp.int8).view(jnp.uint8), scale
@@ -183,9 +187,15 @@ def decode_signed(codes: chex.Array, scale: chex.Array, bits: int) -> chex.Array
   return jnp.where(q < 0, -magnitude, magnitude) * scale.astype(jnp.float32)[..., None]
 
 
-def encode_unsigned(blocks: chex.Array, bits: int) -> tuple[chex.Array, chex.Array]:
-  """Codes and float32 scales of the zero-free square-root map (values >= 0)."""
-  scale = jnp.sqrt(_block_max(blocks))  # the largest root, as sqrt is monotone
+def encode_unsigned(
+  blocks: chex.Array, bits: int, scale_from: chex.Array | None = None
+) -> tuple[chex.Array, chex.Array]:
+  """Codes and float32 scales of the zero-free square-root map (values >= 0).
+
+  ``scale_from`` as for :func:`encode_signed`.
+  """
+  # The largest root, as sqrt is monotone.
+  scale = jnp.sqrt(_block_max(blocks if scale_from is None else scale_from))
   k = _code(jnp.sqrt(blocks) * _inverse(scale), False, bits)
   return k.astype(jnp.uint8), scale
 
@@ -208,7 +218,10 @@ def unpack(packed: chex.Array, bits: int) -> chex.Array:
   """The inverse of :func:`pack`."""
   if bits == 8:
     return packed
-  # Low and high nibbles stacked on a new axis, not concatenated on the last one,
-  # which XLA:CPU would write out whole instead of fusing it with the decoding.
-  halves = jnp.stack([packed & 0xF, packed >> 4], axis=-2)
+  # Low and high nibbles shifted out of the bytes broadcast over a new axis,
+  # elementwise: not concatenated on the last axis, which XLA:CPU writes out
+  # whole instead of fusing it with the decoding, nor stacked, which XLA:GPU
+  # writes out as the decoded moment (float32, 4 bytes a parameter).
+  shifts = jnp.array([0, 4], jnp.uint8)[:, None]  # the low nibble, then the high
+  halves = (packed[..., None, :] >> shifts) & 0xF
   return halves.reshape(*packed.shape[:-1], 2 * packed.shape[-1])

@@ -248,9 +248,16 @@ def update_dtypes(grads: chex.ArrayTree, mu: chex.ArrayTree, nu: chex.ArrayTree)
   return jax.tree.map(lambda g, m, v: jnp.result_type(g, m.dtype, v.dtype), grads, mu, nu)
 
 
-def cast_like(tree: chex.ArrayTree, like: chex.ArrayTree) -> chex.ArrayTree:
-  """Casts ``tree`` to the dtypes of ``like`` leaf by leaf (back to storage; encodes quantized)."""
-  return jax.tree.map(quantized.encode, tree, like)
+def cast_like(
+  tree: chex.ArrayTree, like: chex.ArrayTree, scale_from: chex.ArrayTree | None = None
+) -> chex.ArrayTree:
+  """Casts ``tree`` to the dtypes of ``like`` leaf by leaf (back to storage; encodes quantized).
+
+  ``scale_from``, a tree like ``tree``: see :func:`adam_optax.quantized.encode`.
+  """
+  if scale_from is None:
+    return jax.tree.map(quantized.encode, tree, like)
+  return jax.tree.map(quantized.encode, tree, like, scale_from)
 
 
 def warn_if_decay_vanishes(

@@ -45,15 +45,28 @@ Runs = tuple[Run, ...]
 
 
 def encode_leaf(
-  values: chex.Array, shape: tuple[int, ...], layout: BlockLayout, signed: bool
+  values: chex.Array,
+  shape: tuple[int, ...],
+  layout: BlockLayout,
+  signed: bool,
+  scale_from: chex.Array | None = None,
 ) -> tuple[chex.Array, chex.Array]:
-  """Codes and scales of float32 ``values`` (batch dimensions, then ``shape``)."""
-  # The codes are piecewise constant in the values: their derivative is 0
-  # almost everywhere, so no gradient flows through the stored state (the
-  # step's own float32 moments carry it within a step).
-  values = jax.lax.stop_gradient(values).astype(jnp.float32)
-  blocks = _block_layout.to_blocks(values, shape, layout)
-  codes, scales = (_codes.encode_signed if signed else _codes.encode_unsigned)(blocks, layout.bits)
+  """Codes and scales of float32 ``values`` (batch dimensions, then ``shape``).
+
+  The scales are taken from ``scale_from`` if given: the same values computed
+  again (see :func:`adam_optax.quantized.encode`).
+  """
+
+  def blocks_of(x: chex.Array) -> chex.Array:
+    # The codes are piecewise constant in the values: their derivative is 0
+    # almost everywhere, so no gradient flows through the stored state (the
+    # step's own float32 moments carry it within a step).
+    return _block_layout.to_blocks(jax.lax.stop_gradient(x).astype(jnp.float32), shape, layout)
+
+  blocks = blocks_of(values)
+  again = None if scale_from is None else blocks_of(scale_from)
+  encoder = _codes.encode_signed if signed else _codes.encode_unsigned
+  codes, scales = encoder(blocks, layout.bits, again)
   outer = blocks.ndim - 2
   rows = (*codes.shape[:outer], layout.rows, layout.per_row * layout.block)
   codes = _codes.pack(_block_layout.reshape(codes, rows, outer), layout.bits)
@@ -89,18 +102,28 @@ def _replicated(values: chex.Array) -> chex.Array:
 
 
 def encode_buffer(
-  values: chex.Array, runs: Runs, signed: bool
+  values: chex.Array, runs: Runs, signed: bool, scale_from: chex.Array | None = None
 ) -> tuple[chex.Array, chex.Array, chex.Array | None]:
-  """Codes, scales and float32 rest of a fast-path buffer, run by run (flat arrays)."""
-  values, batch = _replicated(values), values.shape[:-1]
+  """Codes, scales and float32 rest of a fast-path buffer, run by run (flat arrays).
+
+  ``scale_from`` as for :func:`encode_leaf`.
+  """
+  batch = values.shape[:-1]
+  values = _replicated(values)
+  again = None if scale_from is None else _replicated(scale_from)
   codes, scales, rest, start = [], [], [], 0
   for run in runs:
-    part, start = values[..., start : start + run.count * run.size], start + run.count * run.size
+    span = slice(start, start + run.count * run.size)
+    start = span.stop
+    part = values[..., span]
     if run.layout is None:
       rest.append(part.astype(jnp.float32))
       continue
-    part = part.reshape(*batch, run.count, run.size) if run.count > 1 else part
-    run_codes, run_scales = encode_leaf(part, (run.size,), run.layout, signed)
+    part_again = None if again is None else again[..., span]
+    if run.count > 1:
+      part = part.reshape(*batch, run.count, run.size)
+      part_again = None if again is None else part_again.reshape(part.shape)
+    run_codes, run_scales = encode_leaf(part, (run.size,), run.layout, signed, part_again)
     codes.append(run_codes.reshape(*batch, -1))
     scales.append(run_scales.reshape(*batch, -1))
   flat_rest = jnp.concatenate(rest, axis=-1) if rest else None

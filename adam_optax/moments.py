@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
-from adam_optax import _precision, _validate
+from adam_optax import _precision, _validate, quantized
 
 _NOT_A_PYTREE = (
   "ao.Moments, which ao.scale_by_moments hands to ao.bias_correct, ao.running_max "
@@ -149,9 +149,27 @@ def _moments_transformation(
     stored_mu, mu_back = _precision.adopt(state.mu, updates, mu_dtype)
     stored_nu, nu_back = _precision.adopt(state.nu, updates, nu_dtype, real=True)
     _validate.check_gradients(piece, updates, stored_mu)
-    grad = _precision.upcast(updates)
-    mu = optax.tree.update_moment(grad, _precision.upcast(stored_mu), b1, 1)
-    nu = second_moment(grad, _precision.upcast(stored_nu))
+
+    def new_moments(*inputs: chex.ArrayTree) -> tuple[chex.ArrayTree, ...]:
+      updates, stored_mu, stored_nu = inputs
+      grad = _precision.upcast(updates)
+      mu = optax.tree.update_moment(grad, _precision.upcast(stored_mu), b1, 1)
+      return grad, mu, second_moment(grad, _precision.upcast(stored_nu))
+
+    grad, mu, nu = new_moments(updates, stored_mu, stored_nu)
+    # On a GPU, low-bit moments take their block scales from the same moments
+    # computed again behind a barrier: a first pass that reads only what makes
+    # them (quantized.encode says why). Elsewhere the twin is the same
+    # computation, merged with the first by the compiler.
+    stored = jax.tree.leaves((stored_mu, stored_nu), is_leaf=quantized.is_quantized)
+    again = (None, None, None)
+    if any(map(quantized.is_quantized, stored)):
+      apart = jax.lax.optimization_barrier
+      inputs = (updates, stored_mu, stored_nu)
+      again = new_moments(
+        *jax.lax.platform_dependent(inputs, cuda=apart, rocm=apart, default=lambda x: x)
+      )
+    _, mu_again, nu_again = again
     count = optax.safe_increment(state.count)
     moments = Moments(
       mu=mu,
@@ -166,8 +184,8 @@ def _moments_transformation(
     # The emitted moments keep compute precision; only the state is rounded.
     new_state = MomentsState(
       count=count,
-      mu=mu_back(_precision.cast_like(mu, stored_mu)),
-      nu=nu_back(_precision.cast_like(nu, stored_nu)),
+      mu=mu_back(_precision.cast_like(mu, stored_mu, mu_again)),
+      nu=nu_back(_precision.cast_like(nu, stored_nu, nu_again)),
     )
     return moments, new_state
 

@@ -21,8 +21,10 @@ JAX_METHODS = [
   "optax.adam",
   "ao.adam",
   "ao.adam + diagnostics",
+  "ao.adam 8-bit",
   "ao fast path",
   "ao fast path + diagnostics",
+  "ao fast path 8-bit",
 ]
 
 RESULT_KEYS = {
@@ -302,14 +304,14 @@ def test_row_takes_speedup_and_overhead_per_round():
   assert report_module.row(ao, 1e9, base)["speedup_vs_optax"] == 1.0
 
 
-def test_only_the_fast_paths_diagnostics_row_is_left_out_and_only_on_many_leaves():
+def test_only_the_fast_paths_diagnostics_and_the_8_bit_rows_are_left_out_on_many_leaves():
   specs = trees.tree_specs("cpu")
   for name, spec in specs.items():
     methods = list(jax_steps.methods(spec))
     left_out = jax_steps.left_out(spec)
     assert set(methods) | set(left_out) == set(JAX_METHODS)
-    expected = ["ao fast path + diagnostics"] if name == "many-leaves" else []
-    assert list(left_out) == expected
+    expected = ["ao fast path + diagnostics", "ao.adam 8-bit", "ao fast path 8-bit"]
+    assert list(left_out) == (expected if name == "many-leaves" else [])
 
 
 def test_progress_goes_to_stderr_per_compiled_method_and_round(run):

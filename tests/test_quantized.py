@@ -189,6 +189,21 @@ def test_jit_does_not_recompile_and_matches_eager(fmt: ao.Quantized) -> None:
   assert update._cache_size() == 1
 
 
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
+def test_on_a_gpu_the_block_scales_come_from_a_copy_behind_a_barrier(fmt: ao.Quantized) -> None:
+  # The two passes of a low-bit step on a GPU (quantized.encode's scale_from):
+  # lowered for CUDA here, on any machine; the GPU run of this suite executes it.
+  def step(tx: optax.GradientTransformation, platform: str) -> str:
+    params = _params()
+    state = tx.init(params)
+    traced = jax.jit(tx.update).trace(params, state, params)
+    return traced.lower(lowering_platforms=(platform,)).as_text()
+
+  assert "optimization_barrier" in step(_both(fmt), "cuda")
+  assert "optimization_barrier" not in step(_both(fmt), "cpu")
+  assert "optimization_barrier" not in step(ao.adam(1e-3), "cuda")
+
+
 def test_vmap_init_keeps_the_logical_shape() -> None:
   tx = _both(ao.Quantized(8))
   batch = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), _params())

@@ -1,5 +1,9 @@
 r"""The JAX steps the benchmark times: optax.adam, ao.adam and the fast path.
 
+ao.adam and the fast path are timed with float32 (or the tree's) moments, with
+``diagnostics=True``, and with 8-bit moments (``ao.Quantized(8)``, 16 bytes a
+parameter per step against float32's 28).
+
 Each is timed three ways: one dispatched call of a jitted, donating step that
 takes params, grads and state (as torch's ``step()`` takes its tensors); the
 device time per step, from many steps inside one jitted ``lax.scan`` (no host
@@ -33,7 +37,8 @@ OVERHEAD_REFERENCE = {
 }
 # Above this many leaves the fast path's diagnostics row is left out: its training step
 # compiles in about 3 minutes on 2,000 leaves (the view's slices), and the row would
-# only repeat the fast path's (diagnostics add no work per leaf to the step).
+# only repeat the fast path's (diagnostics add no work per leaf to the step). So are
+# the 8-bit rows (see left_out).
 DIAGNOSED_LEAVES_MAX = 500
 
 
@@ -64,12 +69,15 @@ def methods(spec: TreeSpec) -> dict[str, Method]:
   moments = {"mu_dtype": spec.moment_dtype, "nu_dtype": spec.moment_dtype}
   adam = ao.adam(LEARNING_RATE, **moments)
   with_diagnostics = ao.adam(LEARNING_RATE, **moments, diagnostics=True)
+  low_bit = ao.adam(LEARNING_RATE, mu_dtype=ao.Quantized(8), nu_dtype=ao.Quantized(8))
   every = {
     "optax.adam": Method(optax.adam(LEARNING_RATE, mu_dtype=spec.moment_dtype), flat=False),
     "ao.adam": Method(adam, flat=False),
     "ao.adam + diagnostics": Method(with_diagnostics, flat=False),
+    "ao.adam 8-bit": Method(low_bit, flat=False),
     "ao fast path": Method(adam, flat=True),
     "ao fast path + diagnostics": Method(with_diagnostics, flat=True),
+    "ao fast path 8-bit": Method(low_bit, flat=True),
   }
   return {name: method for name, method in every.items() if name not in left_out(spec)}
 
@@ -81,6 +89,9 @@ def left_out(spec: TreeSpec) -> dict[str, str]:
   return {
     "ao fast path + diagnostics": f"more than {DIAGNOSED_LEAVES_MAX} leaves: the fast path's "
     "training step compiles in minutes per row (the view's slices)",
+    "ao.adam 8-bit": f"more than {DIAGNOSED_LEAVES_MAX} leaves: the tree's compile "
+    "budget is kept for the float32 rows (a low-bit step codes each leaf's blocks)",
+    "ao fast path 8-bit": f"more than {DIAGNOSED_LEAVES_MAX} leaves: as for ao.adam 8-bit",
   }
 
 

@@ -31,10 +31,6 @@ size)`` float32; codes are ``uint8``, 4-bit codes packed two to a byte.
   for :math:`m`, by up to :math:`\delta = 5/3` upwards for :math:`\sqrt v` (near
   the top, by 15% for :math:`N = 7` and 6.4% for :math:`N = 16`).
 
-Inside a map's range :math:`[c(k_0), 1]` (its smallest non-zero code up) a
-decoded value is within :math:`\delta` of :math:`x` relatively
-(:func:`relative_error` adds the few float32 roundings of scaling and decoding).
-
 * **Signed** (a first moment :math:`m`): the scale is the block's absolute
   maximum, stored in bfloat16 (:math:`\beta_1 = 0.9` moves :math:`m` far more
   than bfloat16 rounds). A code is a sign and a magnitude :math:`k \le K =
@@ -51,14 +47,33 @@ decoded value is within :math:`\delta` of :math:`x` relatively
   values are rounded up to it. So a non-zero :math:`v` never decodes to 0 (the
   zero-point problem: a :math:`v` read as 0 makes a step :math:`m/\epsilon`),
   and never to less than :math:`(1 - \delta_4)^2 v` (8 bits) or :math:`(2/3)^2 v`
-  (4 bits): the floor only ever shortens a step. :math:`v = r^2` is within
-  :math:`(1 + \delta)^2 - 1`: 6.2% at 8 bits, and at 4 bits up to 611% upwards
-  (read high, near the floor: a shorter step), 56% downwards.
+  (4 bits): the floor only ever shortens a step.
+
+**How far a value is read from itself.** :func:`rounding` bounds it one way and
+the other: a value :math:`x` of a block is decoded as :math:`\tilde x` with
+:math:`(1 - \text{low})\, x \le \tilde x \le (1 + \text{high})\, x`, except at
+each map's end, where the error only ever shortens a step: the signed map reads
+its smallest magnitudes as 0, and the unsigned map raises values under its
+smallest code to it. Inside the range :math:`[c(k_0), 1]` (the smallest non-zero
+code up) the signed map errs by :math:`\delta` either way; under it, a magnitude
+past the cut between 0 and :math:`c(1)` is read as :math:`c(1)`, which at 4 bits
+is up to twice its value (a magnitude just over :math:`c(1)/2`), so there it is
+read high by up to 1. The unsigned map codes :math:`r = \sqrt v`: :math:`v` is
+read within :math:`(1 - \delta)^2` and :math:`(1 + \delta)^2` of itself, where
+:math:`\delta` is :math:`\sqrt v`'s error down and up. Per map (low, high), to
+which :func:`rounding` adds the few float32 roundings of scaling and decoding:
+
+* :math:`m`, 8 bits: :math:`(1/17, 1/17)`, 5.9% either way;
+* :math:`m`, 4 bits: :math:`(3/5, 1)`;
+* :math:`v`, 8 bits: :math:`(1 - (32/33)^2, (34/33)^2 - 1)`, 5.97% and 6.15%;
+* :math:`v`, 4 bits: :math:`(1 - (2/3)^2, (8/3)^2 - 1) = (5/9, 55/9)`: never read
+  low by more than 56%, and up to 7.1 times high near the floor (a shorter step).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import chex
 import jax
@@ -73,9 +88,26 @@ _FLOAT_SLACK = 2.0**-20
 # least-squares problem of adam_optax.benchmarks.lowbit; the 4-bit maps are square
 # maps, chosen on torchao's low-bit test model (docs/low_memory_states.md).
 MANTISSA = {True: 3, False: 4}
-# The square maps' largest relative rounding error, at the cut between (1/N)^2 and (2/N)^2:
-# either way for m's map; upwards for sqrt(v)'s, whose cut is 1.5 (1/N)^2.
-_SQUARE_DELTA = {True: 3 / 5, False: 5 / 3}
+# The square maps' rounding of x (m's map) or of r = sqrt(v), (low, high): m's is read low by
+# 3/5 at the cut between (1/N)^2 and (2/N)^2, and high by 1 just past the cut between 0 and
+# (1/N)^2, half of it; r's is read low by 1/3 under the cut 1.5 (1/N)^2 and high by 5/3 past it.
+_SQUARE = {True: (3 / 5, 1.0), False: (1 / 3, 5 / 3)}
+
+
+class Rounding(NamedTuple):
+  r"""How far a value read back from storage lies from the value stored, relatively.
+
+  A stored :math:`x` is read as :math:`\tilde x` with :math:`(1 - \text{low})\, x \le
+  \tilde x \le (1 + \text{high})\, x` (for a codebook: except at its end, see
+  :mod:`adam_optax._codes`).
+
+  Attributes:
+    low: the most :math:`x` can be read low, relatively.
+    high: the most :math:`x` can be read high, relatively.
+  """
+
+  low: float
+  high: float
 
 
 def _top(signed: bool, bits: int) -> int:
@@ -83,18 +115,25 @@ def _top(signed: bool, bits: int) -> int:
   return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
 
 
-def relative_error(signed: bool, bits: int) -> float:
-  r"""The largest relative error of a decoded value inside its map's range.
+def rounding(signed: bool, bits: int) -> Rounding:
+  r"""How far a map reads a value back low and high, relatively, except at the map's end.
 
-  :math:`\delta` is the map's largest relative rounding error, :math:`\delta_M =
-  1/(2^{M+1} + 1)` for a minifloat (8 bits), :math:`3/5` for the signed square map
-  and :math:`5/3` (upwards) for the unsigned one (4 bits); a signed value errs by
-  :math:`\delta`, an unsigned one (coded as :math:`\sqrt v`) by :math:`(1 +
-  \delta)^2 - 1`, plus float32 rounding. The range is :math:`[c(k_0), 1]` times the
-  block's scale.
+  The signed map (:math:`m` itself): :math:`(\delta_M, \delta_M)` at 8 bits,
+  :math:`\delta_M = 1/(2^{M+1} + 1)`, and :math:`(3/5, 1)` at 4. The unsigned map codes
+  :math:`r = \sqrt v`: :math:`r`'s :math:`(\delta_M, \delta_M)` at 8 bits or :math:`(1/3,
+  5/3)` at 4 make :math:`v`'s :math:`(1 - (1 - \delta_\text{low})^2, (1 +
+  \delta_\text{high})^2 - 1)`. A few float32 roundings are added. At the ends, which only
+  shorten a step, the signed map reads its smallest magnitudes as 0 and the unsigned map
+  raises values under its smallest code to it.
   """
-  delta = 1.0 / (2 ** (MANTISSA[signed] + 1) + 1) if bits == 8 else _SQUARE_DELTA[signed]
-  return (delta if signed else (1.0 + delta) ** 2 - 1.0) + _FLOAT_SLACK
+  if bits == 8:
+    delta = 1.0 / (2 ** (MANTISSA[signed] + 1) + 1)
+    low, high = delta, delta
+  else:
+    low, high = _SQUARE[signed]
+  if not signed:  # v = r^2
+    low, high = 1.0 - (1.0 - low) ** 2, (1.0 + high) ** 2 - 1.0
+  return Rounding(low + _FLOAT_SLACK, high + _FLOAT_SLACK)
 
 
 def _code(x: chex.Array, signed: bool, bits: int) -> chex.Array:

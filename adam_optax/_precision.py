@@ -38,6 +38,7 @@ import numpy as np
 from jax.typing import DTypeLike
 
 from adam_optax import _block_layout, _fields, quantized
+from adam_optax._codes import Rounding
 from adam_optax._flat_buffers import FlatParams
 
 #: A moment's storage format, as ``mu_dtype=``/``nu_dtype=`` accept it.
@@ -75,21 +76,25 @@ def stored_leaves(tree: chex.ArrayTree) -> list[chex.Array]:
   return [jnp.asarray(upcast(_stored(leaf))) for leaf in leaves]
 
 
-def read_back_error(tree: chex.ArrayTree) -> list[float]:
-  """Per leaf, the relative error of a moment read back from its storage.
+def read_back_rounding(tree: chex.ArrayTree) -> list[Rounding]:
+  """Per leaf, how far a moment read back from its storage lies from what the step used.
 
-  0 for 32- and 64-bit storage (what is read is what the step used), half an
-  ulp of the storage dtype for 16-bit storage and the codebook's bound for a
-  quantized leaf (the step used the unrounded value).
+  :math:`(0, 0)` for 32- and 64-bit storage (what is read is what the step used); for 16-bit
+  storage, rounding to nearest of a normal number, at most :math:`u/(1 + u)` either way
+  with :math:`u` half the dtype's machine epsilon (:math:`2^{-8}` in bfloat16,
+  :math:`2^{-11}` in float16; a subnormal errs absolutely, by half its spacing); for a
+  quantized leaf its codebook's :func:`~adam_optax.quantized.rounding`. The step used the
+  unrounded value.
   """
-  errors = []
+  roundings = []
   for leaf in jax.tree.leaves(tree, is_leaf=quantized.is_stored):
     if quantized.is_stored(leaf):
-      errors.append(quantized.relative_error(quantized.as_quantized(leaf)))
+      roundings.append(quantized.rounding(quantized.as_quantized(leaf)))
       continue
     dtype = real_dtype(jnp.result_type(leaf))
-    errors.append(0.0 if dtype.itemsize >= 4 else float(jnp.finfo(dtype).eps) / 2)
-  return errors
+    half_ulp = 0.0 if dtype.itemsize >= 4 else float(jnp.finfo(dtype).eps) / 2
+    roundings.append(Rounding(half_ulp / (1 + half_ulp), half_ulp / (1 + half_ulp)))
+  return roundings
 
 
 def real_dtype(dtype: DTypeLike) -> np.dtype:

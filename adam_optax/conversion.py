@@ -371,8 +371,8 @@ def convert_state(
   narrowing rounds once, as one step's storage does: from float32 to
   ``Quantized(b)`` each moment changes by at most
   ``adam_optax.quantized.relative_error`` of its value within the code's
-  range, and values under the block's smallest code go to 0 (a first moment)
-  or up to that code (a second moment).
+  range, and values under the block's smallest code go to 0 or to that code
+  (a first moment) or up to that code (a second moment).
 
   The rest is matched by path (wrappers around the optimizer, the params
   beside it) or, inside the optimizer's chain, by its fields. Two kinds of

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 
 import chex
 import jax.numpy as jnp
 import optax
 
 from adam_optax import _bounds, _fields, _precision
+from adam_optax._codes import Rounding
 from adam_optax.moments import MomentsState
 from adam_optax.normalize import RECORDED, NormalizeState
 
@@ -34,6 +36,7 @@ from adam_optax.normalize import RECORDED, NormalizeState
 # roundings (the moving averages, the bias correction, the root), each within
 # about one ulp (1.2e-7), so an exact tie can land up to a few ulp on either
 # side. 1e-5 is about 80 ulp: ties count as within, real excesses do not hide.
+# Rounded storage widens it by what the rounding can lengthen a step read back (_allowance).
 SLACK = 1e-5
 
 #: The names :func:`diagnostics` returns, in order.
@@ -52,6 +55,24 @@ READINGS: tuple[str, ...] = (
   "nu_norm",
   "alpha",
 )
+
+
+def _allowance(mu: Rounding, nu: Rounding, infinity: chex.Array) -> chex.Array:
+  r"""The most :math:`u_t` read back from stored moments can exceed the step's, and :data:`SLACK`.
+
+  The step used the unrounded moments; read back, :math:`|m|` is at most :math:`1 + a_m`
+  times its value and :math:`v` (AdaMax: :math:`u_t`) at least :math:`1 - b_v` times its
+  value (their storage's :class:`~adam_optax._codes.Rounding`; a :math:`v` read high, an
+  :math:`m` read as 0 only shorten it), and :math:`\epsilon`, :math:`\epsilon_{root} \ge
+  0` only damp the ratio, so
+
+  .. math::
+
+    \frac{\tilde u_t}{u_t} \le \frac{1 + a_m}{\sqrt{1 - b_v}}
+    \quad \Bigl(\text{AdaMax: } \frac{1 + a_m}{1 - b_v}\Bigr).
+  """
+  denominator = jnp.where(infinity, 1.0 - nu.low, math.sqrt(1.0 - nu.low))
+  return (1.0 + SLACK) * (1.0 + mu.high) / denominator
 
 
 def _read(
@@ -92,13 +113,11 @@ def _read(
     corrected_nu=corrected_nu,
     complements=complements,
   )
-  # u_t read back from 16-bit moments is off by their rounding: half an ulp of m-hat and
-  # a quarter of v-hat (under the root). A coordinate is above a bound only past that.
-  slack = [
-    SLACK + m + v / 2
+  allowance = [
+    _allowance(m, v, infinity)
     for m, v in zip(
-      _precision.read_back_error(moments["mu"]),
-      _precision.read_back_error(moments["nu"] if nu_max is None else nu_max["nu_max"]),
+      _precision.read_back_rounding(moments["mu"]),
+      _precision.read_back_rounding(moments["nu"] if nu_max is None else nu_max["nu_max"]),
       strict=True,
     )
   ]
@@ -108,7 +127,7 @@ def _read(
     return sum((jnp.sum(x, dtype=jnp.float32) for x in values), jnp.zeros([], jnp.float32))
 
   def share_above(bound: chex.Array) -> chex.Array:
-    return total([s > bound * (1 + e) for s, e in zip(snr, slack, strict=True)]) / size
+    return total([s > bound * a for s, a in zip(snr, allowance, strict=True)]) / size
 
   snr_max = functools.reduce(jnp.maximum, [jnp.max(s, initial=0.0) for s in snr], jnp.zeros([]))
   snr_mean = total(snr) / size
@@ -154,8 +173,22 @@ def diagnostics(opt_state: optax.OptState) -> dict[str, chex.Array]:
       \qquad \gamma = \beta_1^2 / \beta_2
 
     (``adam_optax._bounds`` derives it, and AdaMax's);
-  * ``above_paper``, ``above_strict``: the fraction of coordinates above each
-    (by more than a relative 1e-5, plus the rounding of 16-bit storage);
+  * ``above_paper``, ``above_strict``: the fraction of coordinates above each,
+    by more than the reading's allowance:
+
+    .. math::
+
+      |\tilde u_{t,i}| > \text{bound} \cdot (1 + 10^{-5})\,
+      \frac{1 + a_m}{\sqrt{1 - b_v}}
+      \quad \Bigl(\text{AdaMax: } \frac{1 + a_m}{1 - b_v}\Bigr),
+
+    where :math:`\tilde u_t` is read back from the stored moments, :math:`a_m` is the
+    most the storage of :math:`m` reads it high and :math:`b_v` the most that of
+    :math:`v` (AMSGrad's maximum, AdaMax's :math:`u_t`) reads it low: 0 in float32,
+    :math:`2^{-8}/(1 + 2^{-8})` in bfloat16, :func:`adam_optax.quantized.rounding`
+    for low-bit storage (for Adam the factor is 1.0059 in bfloat16, 1.0919 at 8 bits,
+    3 at 4 bits),
+    so that a step at a bound never reads above it;
   * ``snr_max``, ``snr_mean``: the signal-to-noise ratio :math:`|u_t|`;
   * ``bias_correction_mu``, ``bias_correction_nu``: :math:`1-\beta_1^t`,
     :math:`1-\beta_2^t` (1 when not corrected);
@@ -163,10 +196,10 @@ def diagnostics(opt_state: optax.OptState) -> dict[str, chex.Array]:
     :math:`\|\sqrt{\hat v_t}\|_2`; ``alpha``: :math:`\alpha_t`.
 
   With float32 moments the readings are the step's own numbers to the bit.
-  With 16-bit storage they are computed from the rounded stored moments,
-  while the step used them unrounded: each moment is within half an ulp of
-  its storage dtype (:math:`2^{-9}` relative in bfloat16, :math:`2^{-12}` in
-  float16), so :math:`u_t` is within about 1.5 times that. NAdam's step also
+  With 16-bit or low-bit storage they are computed from the rounded stored
+  moments, while the step used them unrounded: within the factors above, so in
+  bfloat16 :math:`u_t` read back is within about 1.5 times half an ulp
+  (:math:`2^{-8}`) of the step's. NAdam's step also
   adds :math:`(1-\beta_1) g_t / (1-\beta_1^t)`, and :math:`g_t` is not in the
   state: for NAdam the readings describe :math:`\hat m_t / \sqrt{\hat v_t}`,
   Adam's step from the same moments. The gradient's norm is not in the

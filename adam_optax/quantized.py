@@ -79,6 +79,7 @@ __all__ = [
   "is_quantized",
   "is_stored",
   "relative_error",
+  "rounding",
   "unwrapped",
   "zeros",
 ]
@@ -247,25 +248,41 @@ def encode(
   return dataclasses.replace(like, codes=codes, scales=scales)
 
 
-def relative_error(stored: QuantizedArray) -> float:
-  r"""The largest relative error of a decoded value inside its codebook's range.
+def rounding(stored: QuantizedArray) -> _codes.Rounding:
+  r"""How far a decoded value lies from the value stored, low and high, relatively.
 
-  Rounding to the nearest code errs by at most :math:`\delta` relatively:
-  :math:`\delta_M = 1/(2^{M+1} + 1)` for the 8-bit minifloats (5.9% for the first
-  moment's map), :math:`3/5` and :math:`5/3` for the 4-bit square maps of
-  :math:`m` and :math:`\sqrt v` (near their floor; 15% and 6.4% at the top code).
-  The second moment's map codes :math:`\sqrt v`, so :math:`v` errs by at most
-  :math:`(1 + \delta)^2 - 1`: 6.2% at 8 bits, 611% at 4 (upwards, which only
-  shortens a step; downwards, 56%). A few float32 roundings are added. The range is
-  from the map's smallest non-zero code to the block's scale; below it, a first
-  moment may decode to 0 and a second moment is rounded up to the floor (see
-  :mod:`adam_optax._codes`). Used by :func:`adam_optax.diagnostics` as its
-  rounding allowance.
+  A value :math:`x` is read back as :math:`\tilde x` with :math:`(1 - \text{low})\, x \le
+  \tilde x \le (1 + \text{high})\, x`: for the first moment's map :math:`(1/17, 1/17)` at 8
+  bits and :math:`(3/5, 1)` at 4; for the second moment's, which codes :math:`\sqrt v`,
+  :math:`(1 - (32/33)^2, (34/33)^2 - 1)`, 5.97% and 6.15%, at 8 bits and :math:`(5/9,
+  55/9)` at 4 (see :mod:`adam_optax._codes`), each plus a few float32 roundings. Except
+  at the map's end, which only ever shortens a step: a first moment's smallest magnitudes
+  (under the cut to its smallest non-zero code) are read as 0, a second moment under its
+  smallest code is raised to it. :func:`adam_optax.diagnostics` widens its bounds by how
+  much these can lengthen a step read back.
 
   References:
     Dettmers et al., ICLR 2022, section 2.1.
   """
-  return _codes.relative_error(stored.signed, stored.bits)
+  return _codes.rounding(stored.signed, stored.bits)
+
+
+def relative_error(stored: QuantizedArray) -> float:
+  r"""The largest relative error of a decoded value either way, inside its codebook's range.
+
+  The range is from the map's smallest non-zero code to the block's scale. The first
+  moment's map errs there by its :math:`\delta` either way, its :func:`rounding`'s low
+  bound: 5.9% at 8 bits, 60% at 4 (just under the range a magnitude may be read as the
+  smallest code, at 4 bits up to twice its value: :func:`rounding`'s high bound). The
+  second moment's errs by the larger of its bounds: 6.15% at 8 bits, 611% at 4 (upwards,
+  near the floor: a shorter step). Below the range a first moment is read as 0 or the
+  smallest code, a second moment as its smallest code (see :mod:`adam_optax._codes`).
+
+  References:
+    Dettmers et al., ICLR 2022, section 2.1.
+  """
+  low, high = rounding(stored)
+  return low if stored.signed else max(low, high)
 
 
 def decode(stored: QuantizedArray | chex.Array) -> chex.Array:

@@ -1,9 +1,10 @@
-"""The codebooks (adam_optax._codes): the formula in the docstring, and its bound over every code.
+"""The codebooks (adam_optax._codes): the formula in the docstring, and its bounds over every code.
 
 Encoding is monotone in the value, so the float32 values that take one code form a cell
-between two cuts, and a decoded value's relative error over a cell is largest at the
-cell's ends. Finding every cut exactly (bisection on the float32 bit patterns) and checking
-both sides of each therefore checks the bound at every float32 value of the map's range.
+between two cuts, and a decoded value's relative error over a cell, either way, is largest
+at the cell's ends. Finding every cut exactly (bisection on the float32 bit patterns) and
+checking both sides of each therefore checks ``_codes.rounding``'s bounds, low and high,
+at every float32 value they cover.
 """
 
 from __future__ import annotations
@@ -59,21 +60,38 @@ def _codes_and_values(signed: bool, bits: int, top: float) -> tuple[np.ndarray, 
   return codes[decoded > 0], decoded[decoded > 0]  # the signed map's 0 is no cell of the range
 
 
-def _cuts(signed: bool, bits: int, top: float, codes: np.ndarray, values: np.ndarray) -> np.ndarray:
-  """The smallest float32 value taking each code above the first (bisection on bit patterns)."""
+def _bisect(
+  signed: bool, bits: int, top: float, low: np.ndarray, high: np.ndarray, above: Callable
+) -> np.ndarray:
+  """The smallest float32 in ``(low, high]`` where ``above(codes, decoded)`` holds (on bits)."""
   round_trip = _round_trip(signed, bits)
-  low = _float_bits(values[:-1])  # takes a code below the cut
-  high = np.minimum(_float_bits(values[1:]), _float_bits(top))  # takes the code above
+  low, high = _float_bits(low), _float_bits(high)
   for _ in range(32):
     middle = (low + high) // 2
-    above = np.asarray(round_trip(jnp.float32(top), jnp.asarray(_floats(middle)))[0]) > codes[:-1]
-    high, low = np.where(above, middle, high), np.where(above, low, middle)
+    codes, decoded = round_trip(jnp.float32(top), jnp.asarray(_floats(middle)))
+    hit = above(np.asarray(codes), np.asarray(decoded))
+    high, low = np.where(hit, middle, high), np.where(hit, low, middle)
   return _floats(high)
+
+
+def _cuts(signed: bool, bits: int, top: float, codes: np.ndarray, values: np.ndarray) -> np.ndarray:
+  """The smallest float32 value taking each code above the first: bisection on bit patterns.
+
+  For the signed map, whose first code is 0, the first cut is the one to its smallest
+  non-zero code; for the unsigned one, whose code 0 is its floor, the one to code 1.
+  """
+  low = values[:-1]  # takes a code below the cut
+  high = np.minimum(values[1:], np.float32(top))  # takes the code above
+  cuts = _bisect(signed, bits, top, low, high, lambda k, _: k > codes[:-1])
+  if not signed:
+    return cuts
+  first = _bisect(signed, bits, top, values[:1] / 1e3, values[:1], lambda _, x: x != 0)
+  return np.concatenate([first, cuts])
 
 
 @pytest.mark.parametrize(("signed", "bits"), MAPS, ids=IDS)
 @pytest.mark.parametrize("top", MAXIMA)
-def test_relative_error_bound_holds_on_both_sides_of_every_cut(
+def test_rounding_bounds_hold_on_both_sides_of_every_cut_and_are_reached(
   signed: bool, bits: int, top: float
 ) -> None:
   top = float(np.float32(top))
@@ -86,19 +104,27 @@ def test_relative_error_bound_holds_on_both_sides_of_every_cut(
   np.testing.assert_array_equal(again, codes)
   cuts = _cuts(signed, bits, top, codes, values)
   below = _floats(_float_bits(cuts) - 1)
-  # The ends of every cell in the range [smallest code's value, top], and top itself.
+  # The ends of every cell, and top itself: the signed map's values past the cut to its
+  # smallest code included, the unsigned map's from its smallest code up (under it, the
+  # floor: read high, a shorter step). Values the signed map reads as 0 are its end.
   ends = np.concatenate([below, cuts, [top]])
-  ends = ends[ends >= values[0]]
-  decoded = np.asarray(round_trip(jnp.float32(top), jnp.asarray(ends))[1])
-  error = np.abs(decoded.astype(np.float64) - ends) / ends
-  bound = _codes.relative_error(signed, bits)
-  assert error.max() <= bound, (error.max(), bound)
-  # The bound is the map's, not a loose one: some cell end comes within float32 rounding.
-  assert error.max() >= (bound - _codes._FLOAT_SLACK) * (1 - 2**-20), (error.max(), bound)
-  if not signed:  # sqrt(v) is never read low by more than delta_4 = 1/33 (8 bits) or 1/3 (4)
-    low = 1 / 33 if bits == 8 else 1 / 3
-    assert np.all(decoded >= ends * (1 - low) ** 2 * (1 - 2**-20))
-    assert np.any(decoded <= ends * (1 - low) ** 2 * (1 + 2**-20))  # and that is reached
+  decoded = np.asarray(round_trip(jnp.float32(top), jnp.asarray(ends))[1]).astype(np.float64)
+  kept = decoded != 0 if signed else ends >= values[0]
+  assert np.all(ends[~kept] < cuts[0])  # only values under the map's first cut are left out
+  ratio = decoded[kept] / ends[kept]
+  low, high = _codes.rounding(signed, bits)
+  assert 1 - ratio.min() <= low, (1 - ratio.min(), low)
+  assert ratio.max() - 1 <= high, (ratio.max() - 1, high)
+  # Each bound is the map's, not a loose one: some cell end comes within float32 rounding.
+  slack = _codes._FLOAT_SLACK
+  assert ratio.min() <= (1 - low + slack) * (1 + 2**-20), (1 - ratio.min(), low)
+  assert ratio.max() >= (1 + high - slack) * (1 - 2**-20), (ratio.max() - 1, high)
+  if signed:  # from its smallest non-zero code up, it errs by at most delta either way
+    inside = ends[kept] >= values[0]
+    assert np.all(np.abs(ratio[inside] - 1) <= low)
+  else:  # v is never read low by more than (1 - delta)^2: 1/33 (8 bits) or 1/3 (4 bits) of sqrt(v)
+    delta = 1 / 33 if bits == 8 else 1 / 3
+    assert abs((1 - low) - (1 - delta) ** 2) <= _codes._FLOAT_SLACK
 
 
 @pytest.mark.parametrize(("signed", "bits"), MAPS, ids=IDS)

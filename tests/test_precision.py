@@ -26,6 +26,7 @@ import pytest
 from matrix import FLOAT_DTYPES, NAMES, WITH_STORAGE, both, ours
 
 import adam_optax as ao
+from adam_optax import _precision
 
 INT32_MAX = 2**31 - 1
 
@@ -136,6 +137,25 @@ def test_low_precision_params_train_stably_with_float32_moments(params_dtype: An
   assert loss(params.astype(jnp.float32)) < 1e-3 * losses[0]
   ulp = 2 * float(jnp.finfo(params_dtype).eps)  # the spacing of floats in [2, 4)
   np.testing.assert_allclose(params.astype(jnp.float32), target, atol=8 * ulp + 1e-3)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_sixteen_bit_storage_reads_back_within_its_rounding_both_ways(dtype: Any) -> None:
+  # Rounding to nearest is scale-invariant over normal numbers: every cell of the
+  # octave [1, 2) and of two far ones, at both float32 neighbours of each midpoint
+  # (where the error either way is largest), and at the midpoints (ties to even).
+  low, high = _precision.read_back_rounding(jnp.zeros(1, dtype))[0]
+  grid = np.asarray(jnp.arange(1.0, 2.0, float(jnp.finfo(dtype).eps)), np.float32)
+  middles = (grid + np.float32(jnp.finfo(dtype).eps) / 2).astype(np.float32)
+  ends = np.concatenate([np.nextafter(middles, 0), middles, np.nextafter(middles, 3)])
+  ends = np.concatenate([ends, ends * 2.0**-10, ends * 2.0**10]).astype(np.float32)
+  read = np.asarray(jnp.asarray(ends).astype(dtype).astype(jnp.float32), np.float64)
+  ratio = read / ends
+  assert 1 - ratio.min() <= low
+  assert ratio.max() - 1 <= high
+  # Both are reached: exactly at a tie rounded down, within a float32 ulp above one.
+  assert 1 - ratio.min() >= low * (1 - 2**-11)
+  assert ratio.max() - 1 >= high * (1 - 2**-11)
 
 
 def test_float16_zero_gradient_gives_zero_update_not_nan() -> None:

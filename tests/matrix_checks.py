@@ -279,6 +279,13 @@ def layout_kept(
   return [f"layout {case.layout}: {failure}" for failure in failures]
 
 
+def _describe(error: BaseException) -> str:
+  """An exception in a line or two, with the one it happened while handling (orbax nests them)."""
+  text = f"{type(error).__name__}: {str(error)[:1000]}"
+  cause = error.__cause__ or error.__context__
+  return text if cause is None else f"{text} (while handling {_describe(cause)})"
+
+
 def check(case: Case, workdir: pathlib.Path) -> None:
   """Trains ``case`` and checks it; raises ``AssertionError`` naming everything that failed."""
   tx = optimizer(case.optimizer, case.storage, case.wrapper)
@@ -292,9 +299,7 @@ def check(case: Case, workdir: pathlib.Path) -> None:
     try:
       failures += check_one(case, run)
     except Exception as error:  # the other checks still run
-      failures.append(
-        f"{getattr(check_one, 'func', check_one).__name__}: {type(error).__name__}: {error}"
-      )
+      failures.append(f"{getattr(check_one, 'func', check_one).__name__}: {_describe(error)}")
   assert not failures, f"{case.id}:\n" + "\n".join(failures[:20])
 
 
@@ -311,7 +316,7 @@ def main() -> None:
       check(case, workdir)
       ok, message = True, ""
     except Exception as error:  # each case's failure is reported, not raised
-      ok, message = False, f"{type(error).__name__}: {error}"[:4000]
+      ok, message = False, _describe(error)[:4000]
     results[case.id] = {"ok": ok, "message": message, "seconds": time.perf_counter() - start}
   print(json.dumps(results))
 

@@ -3,8 +3,9 @@
 ``.ci/run`` runs this file in a second virtual environment with exactly the
 declared lower bounds of jax, jaxlib, optax, chex and numpy installed (see
 ``.ci/min-versions``), without the other test dependencies: it imports
-nothing but those, pytest and the package, and needs no conftest fixture. In
-the main suite it runs on the current versions like any other test.
+nothing but those, pytest, the package and tests/matrix.py (which imports
+nothing more), and needs no conftest fixture. In the main suite it runs on
+the current versions like any other test.
 """
 
 import pathlib
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from matrix import NAMES, OPTIMIZERS
 
 import adam_optax as ao
 from adam_optax.flat import flat_train_step, flatten_params
@@ -22,7 +24,6 @@ from adam_optax.flat import flat_train_step, flatten_params
 pytestmark = pytest.mark.min_versions
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-OPTIMIZERS = ["adam", "adamw", "nadam", "nadamw", "adamax", "amsgrad"]
 STEPS = 20
 
 
@@ -49,10 +50,11 @@ def _train(tx, params):
 
 
 @pytest.mark.parametrize("diagnostics", [False, True])
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", NAMES)
 def test_optimizer_steps_like_optax(name, diagnostics):
-  got = _train(getattr(ao, name)(1e-2, diagnostics=diagnostics), _params())
-  want = _train(getattr(optax, name)(1e-2), _params())
+  ours, theirs = OPTIMIZERS[name]
+  got = _train(ours(1e-2, diagnostics=diagnostics), _params())
+  want = _train(theirs(1e-2), _params())
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

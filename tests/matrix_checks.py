@@ -1,4 +1,4 @@
-"""Checks one trained case of the matrix against its reference.
+r"""Checks one trained case of the matrix against its reference.
 
 The reference of a case (tests/matrix.py) depends on its storage:
 
@@ -12,10 +12,10 @@ The reference of a case (tests/matrix.py) depends on its storage:
   gradient the case used. The step uses the unrounded float32 moments, so the
   params agree to :data:`ULPS` ulp of their operands; each stored moment is the
   twin's float32 moment rounded once, so it is within
-  :math:`\\rho |x| + \\varphi s` plus :data:`ULPS` ulp of its operands, where
-  :math:`\\rho` is the storage's relative rounding (half a bfloat16 ulp,
+  :math:`\rho |x| + \varphi s` plus :data:`ULPS` ulp of its operands, where
+  :math:`\rho` is the storage's relative rounding (half a bfloat16 ulp,
   :math:`2^{-8}`; ``quantized.relative_error`` for a quantized leaf) and
-  :math:`\\varphi s` the format's smallest code times the leaf's largest value
+  :math:`\varphi s` the format's smallest code times the leaf's largest value
   (smaller values round to 0 or to that code). The ulp are those of the
   operands (the larger of the value and its previous value) because XLA
   contracts a multiply and an add into one fused multiply-add in one program
@@ -25,7 +25,7 @@ Every case also checks, where it applies: that a NaN step under
 ``apply_if_finite`` leaves the params and the stored moments bit-identical;
 that ``ao.diagnostics`` reads the same values, bit for bit, from the case's
 reader form (``nnx.state``, a checkpoint restored without a target) as from
-the live state, finite, with the last step's α and :math:`1 - \\beta_1^t`;
+the live state, finite, with the last step's α and :math:`1 - \beta_1^t`;
 and, on 8 devices, that the params keep their sharding, that no moment is
 replicated where its param is split, and that the compiled optimizer step
 holds no all-gather.
@@ -107,9 +107,9 @@ def _rounding(storage: str, signed: bool) -> tuple[float, float]:
   fmt = STORAGES[storage]
   if not isinstance(fmt, ao.Quantized):
     return float(jnp.finfo(fmt).eps) / 2, 0.0
-  like = quantized.zeros(jnp.zeros(fmt.block), dataclasses.replace(fmt, min_size=0), signed=signed)
-  # Every code at scale 1 (one block's bytes count up through all codes, packed or not).
-  codes = np.arange(like.codes.size).astype(np.uint8).reshape(like.codes.shape)
+  like = quantized.zeros(jnp.zeros(4096), dataclasses.replace(fmt, min_size=0), signed=signed)
+  # Every code at scale 1: the bytes count through all 256 values (both nibbles at 4 bits).
+  codes = (np.arange(like.codes.size) % 256).astype(np.uint8).reshape(like.codes.shape)
   values = np.abs(quantized.decode(dataclasses.replace(like, codes=codes, scales=like.scales + 1)))
   return quantized.relative_error(like), float(values[values > 0].min())
 

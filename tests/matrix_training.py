@@ -87,9 +87,14 @@ def forward(params: Any, x: jax.Array) -> jax.Array:
   return hidden @ p["out"]["kernel"] + p["out"]["bias"]
 
 
+def mean_squared_error(prediction: jax.Array, y: jax.Array) -> jax.Array:
+  """The loss every front end minimizes."""
+  return jnp.mean((prediction - y) ** 2)
+
+
 def loss(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
-  """The mean squared error of :func:`forward`."""
-  return jnp.mean((forward(params, x) - y) ** 2)
+  """:func:`mean_squared_error` of :func:`forward`."""
+  return mean_squared_error(forward(params, x), y)
 
 
 # --- layout ------------------------------------------------------------------
@@ -224,7 +229,7 @@ def _nnx(tx: optax.GradientTransformation, path: str, where: Layout, data: list)
 
   @nnx.jit
   def step(model: _Perceptron, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array) -> Any:
-    grads = nnx.grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+    grads = nnx.grad(lambda m: mean_squared_error(m(x), y))(model)
     optimizer.update(model, grads)
     return grads
 
@@ -261,7 +266,7 @@ def _linen(tx: optax.GradientTransformation, path: str, where: Layout, data: lis
 
   @jax.jit
   def step(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, Any]:
-    g = jax.grad(lambda p: jnp.mean((state.apply_fn({"params": p}, x) - y) ** 2))(state.params)
+    g = jax.grad(lambda p: mean_squared_error(state.apply_fn({"params": p}, x), y))(state.params)
     return state.apply_gradients(grads=g), g
 
   run = Run()

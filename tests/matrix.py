@@ -186,9 +186,24 @@ def excluded(case: Mapping[str, str], exclusions: tuple[Exclusion, ...] = EXCLUS
   return any(exclusion.excludes(case) for exclusion in exclusions)
 
 
-def _pairs(case: Mapping[str, str]) -> frozenset[tuple[str, str, str, str]]:
+def _pairs(case: Mapping[str, str]) -> frozenset[tuple[str, ...]]:
   """Every pair of (dimension, value) items of ``case``, in the dimensions' order."""
   return frozenset((a, case[a], b, case[b]) for a, b in itertools.combinations(list(case), 2))
+
+
+def _values(case: Mapping[str, str]) -> frozenset[tuple[str, ...]]:
+  """Every (dimension, value) item of ``case``."""
+  return frozenset(case.items())
+
+
+def _greedy(covers: list[frozenset], uncovered: frozenset) -> list[int]:
+  """Indices into ``covers``: each time the first that covers the most of ``uncovered``."""
+  chosen = []
+  while uncovered:
+    best = max(range(len(covers)), key=lambda i: len(covers[i] & uncovered))
+    chosen.append(best)
+    uncovered -= covers[best]
+  return chosen
 
 
 def all_pairs(
@@ -212,13 +227,12 @@ def all_pairs(
     dict(zip(dimensions, values, strict=True)) for values in itertools.product(*dimensions.values())
   )
   allowed = [case for case in product if not excluded(case, exclusions)]
-  pairs = [_pairs(case) for case in allowed]
-  uncovered = frozenset().union(*pairs)
-  chosen = []
-  while uncovered:
-    best = max(range(len(allowed)), key=lambda i: len(pairs[i] & uncovered))
-    chosen.append(allowed[best])
-    uncovered -= pairs[best]
+  chosen: list[dict[str, str]] = []
+  # The pairs, then any value they leave out (with one dimension there are no pairs).
+  for cover in (_pairs, _values):
+    covers = [cover(case) for case in allowed]
+    uncovered = frozenset().union(*covers).difference(*map(cover, chosen))
+    chosen += [allowed[i] for i in _greedy(covers, uncovered)]
   return chosen
 
 

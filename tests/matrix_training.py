@@ -157,6 +157,7 @@ class Run:
     pure_state: ``live_state`` as arrays, as optax's ``update`` receives it.
     saved: what a user of this front end saves in a checkpoint.
     nnx_state: ``nnx.state(optimizer)``, for NNX only.
+    compiles: how many times the jitted training step was compiled.
   """
 
   params: list[Any] = dataclasses.field(default_factory=list)
@@ -167,6 +168,7 @@ class Run:
   pure_state: Any = None
   saved: Any = None
   nnx_state: Callable[[], Any] | None = None
+  compiles: int = 0
 
   def record(self, params: Any, state: Any, grads: Any | None = None) -> None:
     """Keeps host copies (the next step may donate the device buffers)."""
@@ -182,17 +184,19 @@ def _optax_loop(tx: optax.GradientTransformation, path: str, where: Layout, data
   state = jax.jit(tx.init)(params)
   gradient = jax.jit(jax.grad(loss))
   if path == "flat":
-    flat_step = ao.flat_train_step(loss, tx)
+    jitted = ao.flat_train_step(loss, tx)
 
     def step(p: Any, s: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, Any]:
       g = gradient(p, x, y)  # before the step, which donates p
-      return (*flat_step(p, s, x, y)[:2], g)
+      return (*jitted(p, s, x, y)[:2], g)
   else:
 
     @jax.jit
-    def step(p: Any, s: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, Any]:
+    def jitted(p: Any, s: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, Any]:
       g = jax.grad(loss)(p, x, y)
       return (*update_and_apply(tx, g, s, p), g)
+
+    step = jitted
 
   run = Run()
   run.record(params, state)
@@ -201,6 +205,7 @@ def _optax_loop(tx: optax.GradientTransformation, path: str, where: Layout, data
     run.record(params, state, g)
   run.live_params, run.live_state, run.pure_state = params, state, state
   run.saved = {"params": params, "opt_state": state}
+  run.compiles = jitted._cache_size()
   return run
 
 
@@ -251,6 +256,7 @@ def _nnx(tx: optax.GradientTransformation, path: str, where: Layout, data: list)
   run.live_state = optimizer.opt_state
   run.saved = {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
   run.nnx_state = lambda: nnx.state(optimizer)
+  run.compiles = step.jitted_fn._cache_size()
   return run
 
 
@@ -263,6 +269,8 @@ def _linen(tx: optax.GradientTransformation, path: str, where: Layout, data: lis
     params={"layers": where.params(path)},
     tx=tx,
   )
+  # Its step count starts as a Python 0, weakly typed, and would compile the step twice.
+  state = state.replace(step=jnp.asarray(state.step, jnp.int32))
 
   @jax.jit
   def step(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, Any]:
@@ -276,6 +284,7 @@ def _linen(tx: optax.GradientTransformation, path: str, where: Layout, data: lis
     run.record(state.params, state.opt_state, g)
   run.live_params, run.live_state, run.pure_state = state.params, state.opt_state, state.opt_state
   run.saved = {"params": state.params, "opt_state": state.opt_state}
+  run.compiles = step._cache_size()
   return run
 
 

@@ -33,10 +33,11 @@ NAN_STEP = 2
 DEVICES = 8
 
 #: Each 8-device layout: a spec per leaf (a row-parallel and a column-parallel MLP).
+#: Replicated as P(None), the spec jit gives back (P() would compile the step twice).
 SPECS: dict[str, dict[str, dict[str, P]]] = {
   "rows": {
-    "hidden": {"kernel": P("data", None), "bias": P()},
-    "out": {"kernel": P("data", None), "bias": P()},
+    "hidden": {"kernel": P("data", None), "bias": P(None)},
+    "out": {"kernel": P("data", None), "bias": P(None)},
   },
   "columns": {
     "hidden": {"kernel": P(None, "data"), "bias": P("data")},

@@ -2,11 +2,11 @@
 
 from adam_optax.averaging import AveragedParamsState, average_params, averaged_params
 from adam_optax.bias import bias_correct
-from adam_optax.diagnosis import DiagnosticsState, diagnose, diagnostics
+from adam_optax.diagnosis import diagnostics
 from adam_optax.flat import FlatParams, Layout, flat_train_step, flatten_params, update_and_apply
-from adam_optax.lr import scale_by_lr
+from adam_optax.lr import ScaleByLrState, scale_by_lr
 from adam_optax.moments import Moments, MomentsState, scale_by_infinity_moments, scale_by_moments
-from adam_optax.normalize import normalize
+from adam_optax.normalize import NormalizeState, normalize
 from adam_optax.optimizers import adam, adamax, adamw, amsgrad, nadam, nadamw
 from adam_optax.quantized import Quantized, dequantize
 from adam_optax.running_max import RunningMaxState, running_max
@@ -16,13 +16,14 @@ __version__ = "0.1.0"
 
 __all__ = [
   "AveragedParamsState",
-  "DiagnosticsState",
   "FlatParams",
   "Layout",
   "Moments",
   "MomentsState",
+  "NormalizeState",
   "Quantized",
   "RunningMaxState",
+  "ScaleByLrState",
   "adam",
   "adamax",
   "adamw",
@@ -31,7 +32,6 @@ __all__ = [
   "averaged_params",
   "bias_correct",
   "dequantize",
-  "diagnose",
   "diagnostics",
   "flat_train_step",
   "flatten_params",

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 Children = dict[Any, Any]
+Path = tuple[Any, ...]
 
 
 def _name(key: Any) -> Any:
@@ -37,14 +38,19 @@ def children(node: Any) -> Children | None:
   return {_name(path[0]): child for path, child in found}
 
 
-def nodes(tree: Any, path: str = "") -> Iterator[tuple[str, Children]]:
-  """Every inner node of ``tree``, depth first, as ``(path, children)``."""
+def nodes(tree: Any, path: Path = ()) -> Iterator[tuple[Path, Children]]:
+  """Every inner node of ``tree``, depth first, as ``(path, children)``; a path is its names."""
   named = children(tree)
   if named is None:
     return
   yield path, named
   for key, child in named.items():
-    yield from nodes(child, f"{path}/{key}" if path else str(key))
+    yield from nodes(child, (*path, key))
+
+
+def path_name(path: Path) -> str:
+  """A path as text, its names joined by ``/`` (empty for the root)."""
+  return "/".join(map(str, path))
 
 
 def has_fields(named: Children | None, fields: tuple[str, ...]) -> bool:
@@ -53,8 +59,8 @@ def has_fields(named: Children | None, fields: tuple[str, ...]) -> bool:
 
 
 def find(tree: Any, fields: tuple[str, ...]) -> list[tuple[str, Children]]:
-  """Every node of ``tree`` whose children carry ``fields``, with its path."""
-  return [(path, named) for path, named in nodes(tree) if has_fields(named, fields)]
+  """Every node of ``tree`` whose children carry ``fields``, with its path as text."""
+  return [(path_name(path), named) for path, named in nodes(tree) if has_fields(named, fields)]
 
 
 def sibling(parent: Children, fields: tuple[str, ...]) -> Children | None:

@@ -16,11 +16,19 @@
 * Low-bit storage: a storage "dtype" may be an :class:`adam_optax.Quantized`
   format; such a moment is stored as a :class:`~adam_optax.quantized.QuantizedArray`,
   decoded to float32 by :func:`upcast` and encoded again by :func:`cast_like`.
+  A piece that owns a stored moment takes it through :func:`adopt` first, so
+  that one whose static metadata was lost (``nnx.Optimizer`` writes its state
+  back through ``nnx.state``, which turns it into a ``{"codes", "scales"}``
+  mapping) steps exactly as the original, and is handed back in the form it
+  came in.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import chex
@@ -29,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
-from adam_optax import quantized
+from adam_optax import _fields, quantized
+from adam_optax._flat_buffers import FlatParams
 
 #: A moment's storage format, as ``mu_dtype=``/``nu_dtype=`` accept it.
 Storage = DTypeLike | quantized.Quantized
@@ -50,14 +59,20 @@ def upcast(tree: chex.ArrayTree) -> chex.ArrayTree:
   return jax.tree.map(leaf, tree, is_leaf=quantized.is_quantized)
 
 
+def _stored(leaf: Any) -> Any:
+  """A leaf of a moment: a low-bit one (in any form) as a QuantizedArray, others as they are."""
+  return quantized.as_quantized(leaf) if quantized.is_stored(leaf) else leaf
+
+
 def stored_leaves(tree: chex.ArrayTree) -> list[chex.Array]:
   """The leaves of a stored moment, decoded, in compute precision, in tree order.
 
   ``tree`` may be any pytree holding the moment: the params-shaped tree of a
-  state, or its form in ``nnx.state`` or a checkpoint (mappings, variables).
+  state, or its form in ``nnx.state`` or a checkpoint (mappings, variables;
+  a low-bit leaf's layout is read from its arrays' shapes).
   """
-  leaves = jax.tree.leaves(tree, is_leaf=quantized.is_quantized)
-  return [jnp.asarray(upcast(quantized.unwrapped(leaf))) for leaf in leaves]
+  leaves = jax.tree.leaves(tree, is_leaf=quantized.is_stored)
+  return [jnp.asarray(upcast(_stored(leaf))) for leaf in leaves]
 
 
 def read_back_error(tree: chex.ArrayTree) -> list[float]:
@@ -68,9 +83,9 @@ def read_back_error(tree: chex.ArrayTree) -> list[float]:
   quantized leaf (the step used the unrounded value).
   """
   errors = []
-  for leaf in jax.tree.leaves(tree, is_leaf=quantized.is_quantized):
-    if quantized.is_quantized(leaf):
-      errors.append(quantized.relative_error(leaf))
+  for leaf in jax.tree.leaves(tree, is_leaf=quantized.is_stored):
+    if quantized.is_stored(leaf):
+      errors.append(quantized.relative_error(quantized.as_quantized(leaf)))
       continue
     dtype = real_dtype(jnp.result_type(leaf))
     errors.append(0.0 if dtype.itemsize >= 4 else float(jnp.finfo(dtype).eps) / 2)
@@ -89,7 +104,8 @@ def zeros(
 
   A real moment (``real=True``: a second moment, a running maximum) is
   non-negative, so a :class:`~adam_optax.Quantized` format stores it with the
-  unsigned, zero-free map.
+  unsigned, zero-free map; a fast-path :class:`~adam_optax.flat.FlatParams`
+  has each of its buffers stored leaf by leaf, as the tree would be.
   """
 
   def leaf(p: chex.Array) -> chex.Array:
@@ -99,7 +115,134 @@ def zeros(
     # zeros_like, not zeros(shape): the moment takes the param's sharding.
     return jnp.zeros_like(p, dtype=real_dtype(storage) if real else storage)
 
-  return jax.tree.map(leaf, params)
+  def node(p: Any) -> Any:
+    if not (isinstance(p, FlatParams) and isinstance(dtype, quantized.Quantized)):
+      return jax.tree.map(leaf, p)
+    layout = p.layout
+    buffers = tuple(
+      quantized.zeros(
+        buffer,
+        dtype,
+        signed=not real,
+        segments=tuple(
+          math.prod(shape)
+          for shape, at in zip(layout.shapes, layout.buffer_of, strict=True)
+          if at == index
+        ),
+      )
+      for index, buffer in enumerate(p.buffers)
+    )
+    return FlatParams(buffers, layout)
+
+  return jax.tree.map(node, params, is_leaf=lambda x: isinstance(x, FlatParams))
+
+
+def adopt(
+  stored: chex.ArrayTree, like: chex.ArrayTree, storage: Storage | None, *, real: bool = False
+) -> tuple[chex.ArrayTree, Callable[[chex.ArrayTree], chex.ArrayTree]]:
+  """A stored moment with its low-bit leaves as QuantizedArrays, and how to give it back.
+
+  ``nnx.Optimizer.update`` writes the new state back through ``nnx.state``,
+  which turns a :class:`~adam_optax.quantized.QuantizedArray` into a mapping
+  of its arrays, and a checkpoint restored without a target does the same.
+  The piece that owns the moment knows its format (``storage``) and the
+  params' shapes (``like``: the gradients), so the metadata is rebuilt
+  exactly as ``init`` made it, at trace time. The function returned puts a new
+  stored moment back in the form each leaf came in, so that the state keeps
+  its tree structure from step to step (as ``optax.apply_if_finite`` and
+  ``optax.MultiSteps`` need).
+
+  Args:
+    stored: the moment as the state holds it.
+    like: a tree shaped like the params (the gradients).
+    storage: the moment's storage format.
+    real: a non-negative moment (unsigned map).
+
+  Returns:
+    ``(moment, back)``: ``stored`` with QuantizedArrays, and ``back(new)``.
+    Where ``stored`` does not fit ``like``, it is returned unchanged (the
+    gradient check then names the mismatch).
+
+  Raises:
+    ValueError: when a mapping's arrays do not have the shapes ``storage``
+      gives that leaf, naming the leaf's path.
+  """
+  unchanged = (stored, lambda new: new)
+  leaves = jax.tree.leaves(stored, is_leaf=quantized.is_stored)
+  if not any(quantized.is_stored(x) and not quantized.is_quantized(x) for x in leaves):
+    return unchanged
+  if not isinstance(storage, quantized.Quantized):
+    return unchanged
+  skeleton = jax.eval_shape(lambda tree: zeros(tree, storage, real=real), like)
+
+  try:  # does ``stored`` have the params' structure, low-bit leaves in any form?
+    jax.tree.map(lambda *_: None, skeleton, stored, is_leaf=quantized.is_quantized)
+  except (TypeError, ValueError):
+    return unchanged
+
+  def rebuild(path: Any, skeleton_leaf: Any, leaf: Any) -> Any:
+    if not quantized.is_quantized(skeleton_leaf) or quantized.is_quantized(leaf):
+      return leaf
+    named = _fields.children(leaf) or {}
+    arrays = {name: jnp.asarray(jax.tree.leaves(child)[0]) for name, child in named.items()}
+    got = {name: jnp.shape(x) for name, x in arrays.items()}
+    want = {name: jnp.shape(x) for name, x in _fields.children(skeleton_leaf).items()}
+    if got != want:
+      raise ValueError(
+        f"the stored moment at {jax.tree_util.keystr(path)} has arrays of shapes {got}, "
+        f"where {storage!r} stores that leaf as {want}."
+      )
+    return dataclasses.replace(skeleton_leaf, **arrays)
+
+  adopted = jax.tree_util.tree_map_with_path(
+    rebuild, skeleton, stored, is_leaf=quantized.is_quantized
+  )
+
+  def back(new: chex.ArrayTree) -> chex.ArrayTree:
+    def form(skeleton_leaf: Any, leaf: Any, new_leaf: Any) -> Any:
+      if not quantized.is_quantized(skeleton_leaf) or quantized.is_quantized(leaf):
+        return new_leaf
+      treedef = jax.tree_util.tree_structure(leaf, is_leaf=lambda c: c is not leaf)
+      names = list(_fields.children(leaf))
+      return jax.tree_util.tree_unflatten(treedef, [getattr(new_leaf, name) for name in names])
+
+    return jax.tree.map(form, skeleton, stored, new, is_leaf=quantized.is_quantized)
+
+  return adopted, back
+
+
+def warn_if_resharded(params: chex.ArrayTree, stored: chex.ArrayTree) -> None:
+  """Warns, once per leaf, when a low-bit moment cannot keep its param's sharding.
+
+  Its blocks would cross the param's shards, so every step gathers the
+  leaf's trailing dimensions (or a whole fast-path buffer) and each device
+  holds and updates all of that moment: correct, but not what ZeRO-1 or
+  tensor parallelism is for.
+  """
+
+  def check(path: Any, param: Any, leaf: Any) -> None:
+    spec = quantized.resharded_spec(param, leaf)
+    if spec is None:
+      return
+    where = f"the param at {jax.tree_util.keystr(path) or '<root>'}"
+    if leaf.layout is None:
+      fix = "keep fast-path buffers replicated, or store these moments in float32."
+    else:
+      row = leaf.layout.per_row * leaf.layout.block
+      fix = (
+        "shard the leaf over its leading dimensions, or its first trailing one with "
+        f"shards of a multiple of {row} elements (or pick a block_size that divides "
+        "them), or store these moments in float32."
+      )
+    warnings.warn(
+      f"ao.Quantized: {where} is sharded as PartitionSpec{spec}, but the blocks of its "
+      "low-bit moments would cross its shards, so every step gathers them and each "
+      f"device holds the whole moment. To keep the sharding, {fix}",
+      UserWarning,
+      stacklevel=3,
+    )
+
+  jax.tree_util.tree_map_with_path(check, params, stored)
 
 
 def update_dtypes(grads: chex.ArrayTree, mu: chex.ArrayTree, nu: chex.ArrayTree) -> chex.ArrayTree:

@@ -13,8 +13,12 @@ bandwidth measured before each tree), the peak memory, the compile time and
 the speed-up over optax.adam, as a table and optionally as JSON and a plot.
 The methods of a tree are timed round-robin under the same load, and ratios
 are medians of per-round ratios (:mod:`adam_optax.benchmarks.rounds`); a
-last table gives, per tree, the time of each row with ``diagnostics=True``
-over the same method without (the design's budget: 1.02x).
+table gives, per tree, the time of each row with ``diagnostics=True`` over
+the same method without (the design's budget: 1.02x), and a last one the
+compile time of every program, split into trace, lower and XLA compile. A
+tree's compiles share a budget (``--compile-budget``, 600 s by default;
+:mod:`adam_optax.benchmarks.compiles`): what is still compiling when it runs
+out is reported as a lower bound and left untimed.
 On an accelerator (GPU, TPU) the trees have their full size; on CPU they are
 scaled down (the GPT-2 tree 8x in width, the single leaf to 16M parameters).
 While it runs, one line per compiled method and per round goes to stderr.
@@ -33,7 +37,7 @@ from typing import Any
 
 import jax
 
-from adam_optax.benchmarks import jax_steps, report, rounds, timing, torch_step
+from adam_optax.benchmarks import compiles, jax_steps, report, rounds, timing, torch_step
 from adam_optax.benchmarks.trees import TREE_NAMES, TreeSpec, tree_specs
 
 
@@ -56,6 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   )
   parser.add_argument(
     "--scan-steps", type=int, help="steps per lax.scan for the device time (default 10; 2 quick)"
+  )
+  parser.add_argument(
+    "--compile-budget",
+    type=float,
+    default=600.0,
+    metavar="SECONDS",
+    help="seconds of compiling per tree (default 600); a program still compiling when they run "
+    "out is abandoned and reported as a lower bound, and the tree's later programs are skipped",
   )
   parser.add_argument("--no-torch", action="store_true", help="skip torch.optim.Adam")
   parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
@@ -86,32 +98,36 @@ def _measure_tree(
   spec: TreeSpec,
   platform: str,
   with_torch: bool,
+  budget: compiles.Budget,
   n_rounds: int,
   repeats: int,
   scan_steps: int,
   say: Callable[[str], None],
 ) -> list[rounds.Measurement]:
-  """Compiles every method on ``spec`` and times them round-robin (then frees them)."""
-  contenders = []
-  for name, method in jax_steps.methods(spec).items():
-    say(f"{spec.name}: compiling {name}")
-    contenders.append(jax_steps.prepare(name, method, spec, scan_steps))
+  """Compiles (within ``budget``) and times every method on ``spec`` round-robin."""
+  contenders = [
+    jax_steps.prepare(name, method, spec, scan_steps)
+    for name, method in jax_steps.methods(spec).items()
+  ]
   if with_torch:
     say(f"{spec.name}: preparing torch.optim.Adam")
     contenders.append(torch_step.prepare(spec, platform, scan_steps))
-
-  def on_round(kind: str, r: int) -> None:
-    say(f"{spec.name}: timing {kind}, round {r + 1}/{n_rounds}")
-
-  return rounds.measure(contenders, n_rounds, repeats, scan_steps, on_round)
+  return rounds.measure(
+    contenders,
+    budget,
+    n_rounds,
+    repeats,
+    scan_steps,
+    report.BASELINE,
+    lambda message: say(f"{spec.name}: {message}"),
+  )
 
 
 def _tree_report(
-  spec: TreeSpec, results: list[rounds.Measurement], bandwidth: float
+  spec: TreeSpec, results: list[rounds.Measurement], bandwidth: float, budget: compiles.Budget
 ) -> dict[str, Any]:
-  """One tree's part of the report: the tree, and a row of figures per method."""
+  """One tree's part of the report: the tree, its compile budget, and a row per method."""
   by_name = {r.method: r for r in results}
-  baseline = by_name[report.BASELINE]
   return {
     "name": spec.name,
     "params": spec.size,
@@ -119,8 +135,15 @@ def _tree_report(
     "param_dtype": spec.dtype.name,
     "moment_dtype": spec.moment_dtype.name,
     "left_out": jax_steps.left_out(spec),
+    "compile_budget_s": budget.seconds,
+    "compile_spent_s": budget.spent,
     "results": [
-      report.row(r, bandwidth, baseline, by_name.get(jax_steps.OVERHEAD_REFERENCE.get(r.method)))
+      report.row(
+        r,
+        bandwidth,
+        by_name.get(report.BASELINE),
+        by_name.get(jax_steps.OVERHEAD_REFERENCE.get(r.method)),
+      )
       for r in results
     ],
   }
@@ -134,6 +157,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
   scan_steps = args.scan_steps if args.scan_steps is not None else (2 if args.quick else 10)
   if n_rounds < 1 or repeats < 1 or scan_steps < 1:
     parser.error("--rounds, --repeats and --scan-steps must be at least 1")
+  if not args.compile_budget > 0:  # also NaN
+    parser.error(f"--compile-budget must be positive seconds, not {args.compile_budget}")
   say = progress_printer(time.perf_counter())
   device = jax.devices()[0]
   platform = device.platform
@@ -150,10 +175,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     spec = specs[tree_name]
     say(f"tree {index + 1}/{len(args.trees)} {tree_name}: measuring the copy bandwidth")
     bandwidths.append(timing.copy_bandwidth(max(4 * biggest, 1 << 20), max(3 * repeats, 5)))
+    budget = compiles.Budget(args.compile_budget)
     results = _measure_tree(
-      spec, platform, torch_skipped is None, n_rounds, repeats, scan_steps, say
+      spec, platform, torch_skipped is None, budget, n_rounds, repeats, scan_steps, say
     )
-    measured.append((spec, results))
+    measured.append((spec, results, budget))
   bandwidth = max(bandwidths)
   memory_source = (
     "XLA memory_analysis of the compiled step (arguments + outputs not aliased + temporaries)"
@@ -173,7 +199,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     "copy_bandwidth_samples_GBps": [b / 1e9 for b in bandwidths],
     "memory_source": memory_source,
     "torch_skipped": torch_skipped,
-    "trees": [_tree_report(spec, results, bandwidth) for spec, results in measured],
+    "trees": [_tree_report(spec, results, bandwidth, budget) for spec, results, budget in measured],
   }
   if platform != "cpu":
     stats = device.memory_stats() or {}
@@ -186,4 +212,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
       )
   if args.plot:
     report.plot(result, args.plot)
+  still = sum(budget.still_compiling() for _, _, budget in measured)
+  if still:
+    # The interpreter would abort at exit under a thread inside XLA: end without it.
+    say(f"{still} abandoned compile(s) still running: ending the process without them")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
   return 0

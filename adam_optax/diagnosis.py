@@ -3,29 +3,31 @@ r"""Diagnostics: what Adam's step does, computed from the state when read.
 Almost everything worth watching in Adam's step is a function of what the
 state already holds: the moments :math:`m_t`, :math:`v_t` and the count
 :math:`t`, plus the hyper-parameters. So nothing param-sized is recorded:
-:func:`diagnose` keeps only the scalars the moments state lacks (the step
-size :math:`\alpha_t` of this step, :math:`\beta_1`, :math:`\beta_2`,
-:math:`\epsilon`, :math:`\epsilon_{root}` and how the moments were
-bias-corrected), and :func:`diagnostics` recomputes
-:math:`\hat m_t`, :math:`\hat v_t` and the direction
-:math:`u_t = \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)` from the
-stored moments when it is called: one pass over the moments per read, none
-per step.
+with ``diagnostics=True`` the two pieces that use the remaining numbers
+record them, as the step used them, in one small array each:
+:func:`~adam_optax.normalize` its :math:`\epsilon`, :math:`\epsilon_{root}`,
+the decay rates and how the moments were bias-corrected
+(:class:`~adam_optax.NormalizeState`), and :func:`~adam_optax.scale_by_lr`
+the step size :math:`\alpha_t` (:class:`~adam_optax.ScaleByLrState`).
+:func:`diagnostics` recomputes :math:`\hat m_t`, :math:`\hat v_t` and the
+direction :math:`u_t = \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)`
+from the stored moments when it is called: one pass over the moments per
+read, none per step. Nothing is declared twice, so the readings cannot
+describe another step than the one taken.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+import itertools
 
 import chex
-import jax
 import jax.numpy as jnp
 import optax
 
-from adam_optax import _bounds, _fields, _precision, _validate
-from adam_optax._pieces import require_moments
-from adam_optax.moments import Moments, MomentsState
+from adam_optax import _bounds, _fields, _precision
+from adam_optax.moments import MomentsState
+from adam_optax.normalize import RECORDED, NormalizeState
 
 # A coordinate is "above" a bound only when it exceeds it by more than this
 # relative slack: the step and the bound are float32 results of a few dozen
@@ -52,134 +54,25 @@ READINGS: tuple[str, ...] = (
 )
 
 
-class DiagnosticsState(NamedTuple):
-  r"""State of :func:`diagnose`: what the moments state does not hold, as scalars.
-
-  Attributes:
-    alpha: the step size :math:`\alpha_t` of the last step (a schedule's value).
-    b1: :math:`\beta_1` as the moments used it.
-    b2: :math:`\beta_2` as the moments used it.
-    one_minus_b1: :math:`1 - \beta_1` as the moments computed it (for a
-      Python float, in double precision and then rounded, which float32
-      ``1 - b1`` would not reproduce).
-    one_minus_b2: :math:`1 - \beta_2` likewise.
-    eps: :math:`\epsilon` of :func:`normalize`.
-    eps_root: :math:`\epsilon_{root}` of :func:`normalize`.
-    corrected_mu: whether :math:`\hat m_t = m_t / (1 - \beta_1^t)`.
-    corrected_nu: whether :math:`\hat v_t = v_t / (1 - \beta_2^t)`.
-    infinity_norm: whether the second moment is AdaMax's :math:`u_t`.
-  """
-
-  alpha: chex.Array
-  b1: chex.Array
-  b2: chex.Array
-  one_minus_b1: chex.Array
-  one_minus_b2: chex.Array
-  eps: chex.Array
-  eps_root: chex.Array
-  corrected_mu: chex.Array
-  corrected_nu: chex.Array
-  infinity_norm: chex.Array
-
-
-def _float(value: Any) -> chex.Array:
-  """A float32 scalar, with gradients cut (a learning rate may be meta-learned)."""
-  return jax.lax.stop_gradient(jnp.asarray(value, jnp.float32))
-
-
-def diagnose(
-  learning_rate: optax.ScalarOrSchedule,
-  eps: chex.Numeric = 1e-8,
-  eps_root: chex.Numeric = 0.0,
-) -> optax.GradientTransformation:
-  r"""Keeps what :func:`diagnostics` needs beside the moments: a few scalars.
-
-  Placed after :func:`bias_correct` (and :func:`running_max`) and before
-  :func:`normalize`, it passes the :class:`Moments` on unchanged and stores a
-  :class:`DiagnosticsState`: :math:`\alpha_t`, :math:`\beta_1`,
-  :math:`\beta_2` (read from the moments), :math:`\epsilon`,
-  :math:`\epsilon_{root}` (declared here: give the values given to
-  :func:`normalize`) and how the moments were bias-corrected. Every
-  optimizer builds it for ``diagnostics=True``. It adds ten scalars to the
-  state and no work on param-sized arrays to the step.
-
-  Examples:
-    >>> import jax.numpy as jnp, optax, adam_optax as ao
-    >>> tx = optax.chain(ao.scale_by_moments(), ao.bias_correct(),
-    ...                  ao.diagnose(0.1), ao.normalize(), ao.scale_by_lr(0.1))
-    >>> _, state = tx.update(jnp.array([3.0, -1.0]), tx.init(jnp.zeros(2)))
-    >>> stats = ao.diagnostics(state)
-    >>> float(stats["step_max"]), float(stats["above_strict"])  # |Δ_1| = α
-    (0.1, 0.0)
-
-  Args:
-    learning_rate: :math:`\alpha`, as given to :func:`scale_by_lr` (a
-      schedule is read at :math:`t - 1`, as ``scale_by_lr`` reads it).
-    eps: :math:`\epsilon`, as given to :func:`normalize`.
-    eps_root: :math:`\epsilon_{root}`, as given to :func:`normalize`.
-
-  Returns:
-    An :class:`optax.GradientTransformation` from :class:`Moments` to the
-    same :class:`Moments`; its state is :class:`DiagnosticsState`.
-
-  Raises:
-    ValueError: at construction, for a concrete non-finite learning rate or
-      negative ``eps``/``eps_root``.
-    TypeError: at update, when the input is not :class:`Moments`.
-
-  References:
-    Kingma & Ba, 2015, section 2.1 and Algorithm 1 lines 9-11.
-  """
-  _validate.check_finite("learning_rate", learning_rate)
-  _validate.check_non_negative("eps", eps)
-  _validate.check_non_negative("eps_root", eps_root)
-
-  def init_fn(params: optax.Params) -> DiagnosticsState:
-    del params
-    # One array per field: a state whose fields share a buffer cannot be donated.
-    flags = ("corrected_mu", "corrected_nu", "infinity_norm")
-    return DiagnosticsState(
-      **{
-        name: jnp.zeros([], bool if name in flags else jnp.float32)
-        for name in DiagnosticsState._fields
-      }
-    )
-
-  def update_fn(
-    updates: Moments, state: DiagnosticsState, params: optax.Params | None = None
-  ) -> tuple[Moments, DiagnosticsState]:
-    del state, params
-    moments = require_moments("ao.diagnose", updates)
-    alpha = learning_rate(moments.count - 1) if callable(learning_rate) else learning_rate
-    return moments, DiagnosticsState(
-      alpha=jnp.abs(_float(alpha)),
-      b1=_float(moments.b1),
-      b2=_float(moments.b2),
-      one_minus_b1=_float(1 - moments.b1),
-      one_minus_b2=_float(1 - moments.b2),
-      eps=_float(eps),
-      eps_root=_float(eps_root),
-      corrected_mu=jnp.asarray(moments.corrected_mu),
-      corrected_nu=jnp.asarray(moments.corrected_nu),
-      infinity_norm=jnp.asarray(moments.order != 2),
-    )
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
 def _read(
-  recorded: _fields.Children, moments: _fields.Children, nu_max: _fields.Children | None
+  normalized_with: chex.Array,
+  alpha: chex.Array,
+  moments: _fields.Children,
+  nu_max: _fields.Children | None,
 ) -> dict[str, chex.Array]:
-  """The readings of one Adam chain from its diagnostics, moments and running-max states."""
-  get = {name: _fields.scalar(recorded[name]) for name in DiagnosticsState._fields}
-  b1, b2, alpha, eps, eps_root = (get[k] for k in ("b1", "b2", "alpha", "eps", "eps_root"))
-  infinity = get["infinity_norm"]
+  """The readings of one Adam chain: its records, its moments and any running maximum."""
+  get = {name: normalized_with[..., index] for index, name in enumerate(RECORDED)}
+  b1, b2, eps, eps_root = (get[k] for k in ("b1", "b2", "eps", "eps_root"))
+  corrected_mu, corrected_nu, infinity = (
+    get[k] != 0 for k in ("corrected_mu", "corrected_nu", "infinity_norm")
+  )
   complements = (get["one_minus_b1"], get["one_minus_b2"])
   count = _fields.scalar(moments["count"])
-  started = count > 0
+  # 1 - b2 > 0 for every b2 the moments accept: a record still all zeros was never written.
+  started = (count > 0) & (get["one_minus_b2"] > 0)
   # The same expressions as optax.tree.bias_correction, so float32 readings are the step's.
-  correction_mu = jnp.where(get["corrected_mu"] & started, 1 - b1**count, 1.0)
-  correction_nu = jnp.where(get["corrected_nu"] & started, 1 - b2**count, 1.0)
+  correction_mu = jnp.where(corrected_mu & started, 1 - b1**count, 1.0)
+  correction_nu = jnp.where(corrected_nu & started, 1 - b2**count, 1.0)
   mu_hat = [m / correction_mu for m in _precision.stored_leaves(moments["mu"])]
   if nu_max is not None:  # AMSGrad: the maximum is kept as normalize divides by it.
     nu_hat = _precision.stored_leaves(nu_max["nu_max"])
@@ -195,8 +88,8 @@ def _read(
     b2,
     jnp.maximum(count, 1),
     infinity_norm=infinity,
-    corrected_mu=get["corrected_mu"],
-    corrected_nu=get["corrected_nu"],
+    corrected_mu=corrected_mu,
+    corrected_nu=corrected_nu,
     complements=complements,
   )
   # u_t read back from 16-bit moments is off by their rounding: half an ulp of m-hat and
@@ -235,7 +128,7 @@ def _read(
     "nu_norm": jnp.sqrt(total(root_squared)),
     "alpha": alpha,
   }
-  # Before the first step there is no step to describe: every reading is 0.
+  # Before the first step that wrote the record there is no step to describe: every reading is 0.
   return {name: jnp.where(started, readings[name], 0.0).astype(jnp.float32) for name in READINGS}
 
 
@@ -243,7 +136,8 @@ def diagnostics(opt_state: optax.OptState) -> dict[str, chex.Array]:
   r"""Adam's last step, computed from the optimizer state: a flat dict of scalars.
 
   From the stored :math:`m_t`, :math:`v_t` (or AMSGrad's maximum), :math:`t`
-  and the scalars :func:`diagnose` kept, it recomputes the direction
+  and what :func:`normalize` and :func:`scale_by_lr` recorded of the last step
+  (:class:`NormalizeState`, :class:`ScaleByLrState`), it recomputes the direction
   :math:`u_t = \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)` and
   returns, as float32 scalars:
 
@@ -283,9 +177,17 @@ def diagnostics(opt_state: optax.OptState) -> dict[str, chex.Array]:
   :class:`optax.MultiSteps`, :func:`optax.multi_transform`, in
   ``nnx.state(optimizer)`` and in a checkpoint restored without a target. It
   is jittable (call it inside a ``lax.scan`` body to collect every step);
-  for a batched state use ``jax.vmap(ao.diagnostics)``. When the state holds
-  several diagnosed chains, each key is prefixed with the chain's path and
-  ``/``. Before the first step every value is 0.
+  for a batched state use ``jax.vmap(ao.diagnostics)``. Before the first step
+  every value is 0.
+
+  The keys say which parameters a reading describes, whatever else the state
+  holds: a chain that updates every parameter gives the names above
+  (``step_max``); a chain inside :func:`optax.multi_transform` (or
+  :func:`optax.partition`) gives them after its label and ``/``
+  (``"embeddings/step_max"``; labels of nested partitions joined by ``/``),
+  whether or not the other labels' chains are diagnosed too. Two diagnosed
+  chains that would give the same keys (two optimizer states side by side in
+  one tree) are refused: read each part of the tree on its own.
 
   Examples:
     >>> import jax.numpy as jnp, adam_optax as ao
@@ -295,37 +197,65 @@ def diagnostics(opt_state: optax.OptState) -> dict[str, chex.Array]:
     0.003162
 
   Args:
-    opt_state: an optimizer state (any pytree) of a chain built with
-      ``diagnostics=True`` or holding :func:`diagnose`.
+    opt_state: an optimizer state (any pytree) holding a chain built with
+      ``diagnostics=True``.
 
   Returns:
     A dict from name to float32 scalar array.
 
   Raises:
-    ValueError: when ``opt_state`` holds no diagnosed chain.
+    ValueError: when ``opt_state`` holds no diagnosed chain, a diagnosed
+      chain without its moments or its step size, or two chains with the same
+      keys.
 
   References:
     Kingma & Ba, 2015, section 2.1 (the bound, the signal-to-noise ratio and
     annealing) and Algorithm 1 lines 9-11.
   """
-  found = []
+  found: dict[str, tuple[str, dict[str, chex.Array]]] = {}
   for path, parent in _fields.nodes(opt_state):
-    recorded = _fields.sibling(parent, DiagnosticsState._fields)
-    if recorded is None:
+    direction = _fields.sibling(parent, NormalizeState._fields)
+    if direction is None:
       continue
+    where = _fields.path_name(path) or "<root>"
     moments = _fields.sibling(parent, MomentsState._fields)
-    if moments is None:
+    # By its alpha alone: an empty inner_state is left out of nnx.state and of checkpoints.
+    step_size = _fields.sibling(parent, ("alpha",))
+    if moments is None or step_size is None:
+      missing = "moments state (count, mu, nu)" if moments is None else "recorded step size"
       raise ValueError(
-        f"ao.diagnostics found a DiagnosticsState at {path or '<root>'} but no moments state "
-        "(count, mu, nu) beside it: put ao.diagnose in the same chain as ao.scale_by_moments."
+        f"ao.diagnostics found the record of ao.normalize(..., diagnostics=True) at {where} "
+        f"but no {missing} beside it: build ao.scale_by_moments, ao.normalize and "
+        "ao.scale_by_lr(..., diagnostics=True) in one optax.chain."
       )
-    found.append((path, _read(recorded, moments, _fields.sibling(parent, ("nu_max",)))))
+    prefix = "".join(f"{label}/" for label in _labels(path))
+    if prefix in found:
+      raise ValueError(
+        f"ao.diagnostics found two diagnosed chains, at {found[prefix][0]} and {where}, "
+        f"whose readings would share the keys {prefix}step_max, ...: call ao.diagnostics on "
+        "each of those parts of the state on its own."
+      )
+    readings = _read(
+      _fields.scalar(direction["normalized_with"]),
+      _fields.scalar(step_size["alpha"]),
+      moments,
+      _fields.sibling(parent, ("nu_max",)),
+    )
+    found[prefix] = (where, {prefix + name: value for name, value in readings.items()})
   if not found:
     raise ValueError(
       "ao.diagnostics found no diagnosed chain in the optimizer state: build the "
-      "optimizer with diagnostics=True (e.g. ao.adam(1e-3, diagnostics=True)) or put "
-      "ao.diagnose(learning_rate) before ao.normalize() in the chain."
+      "optimizer with diagnostics=True (e.g. ao.adam(1e-3, diagnostics=True)), or a chain "
+      "with ao.normalize(..., diagnostics=True) and ao.scale_by_lr(..., diagnostics=True)."
     )
-  if len(found) == 1:
-    return found[0][1]
-  return {f"{path}/{name}": value for path, readings in found for name, value in readings.items()}
+  return {key: value for _, readings in found.values() for key, value in readings.items()}
+
+
+def _labels(path: _fields.Path) -> tuple[str, ...]:
+  """The partition labels on ``path``: the names right below an ``inner_states``.
+
+  ``inner_states`` is the field of :func:`optax.partition`'s (and
+  :func:`optax.multi_transform`'s) state that maps each label to its chain's state,
+  in every form of the state (NamedTuple, dict, ``nnx.state``).
+  """
+  return tuple(str(name) for above, name in itertools.pairwise(path) if above == "inner_states")

@@ -249,8 +249,9 @@ def launch(
   Args:
     args: the interpreter's arguments: a script and its arguments, or ``-c`` and code.
     num_processes: how many processes to start.
-    local_devices: if given, each process sees that many CPU devices
-      (``XLA_FLAGS=--xla_force_host_platform_device_count``).
+    local_devices: if given, each process runs JAX on that many CPU devices
+      (``XLA_FLAGS=--xla_force_host_platform_device_count`` and ``JAX_PLATFORMS=cpu``,
+      so also on a machine with a GPU, which JAX would otherwise pick).
     env: the processes' environment (default: this process's).
     timeout: seconds after which every process still running is killed.
     attempts: how many ports to try.
@@ -270,6 +271,7 @@ def launch(
   if local_devices is not None:
     flags = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={local_devices}"
     env["XLA_FLAGS"] = flags.strip()
+    env["JAX_PLATFORMS"] = "cpu"
   deadline = time.monotonic() + timeout
   for _ in range(attempts):
     runs = _run_until(args, num_processes, env, timeout, deadline)

@@ -22,8 +22,8 @@ from jax.typing import DTypeLike
 from adam_optax import _precision, _validate
 
 _NOT_A_PYTREE = (
-  "ao.Moments, which ao.scale_by_moments hands to ao.bias_correct, ao.running_max, "
-  "ao.diagnose and ao.normalize, was used as a pytree of updates: an optax "
+  "ao.Moments, which ao.scale_by_moments hands to ao.bias_correct, ao.running_max "
+  "and ao.normalize, was used as a pytree of updates: an optax "
   "transformation (optax.scale, optax.clip, ...) between those pieces, or a chain "
   "that ends before ao.normalize(). Put transformations of param-shaped updates "
   "before ao.scale_by_moments() or after ao.normalize(); they would otherwise act "
@@ -37,7 +37,7 @@ class Moments:
 
   Emitted by :func:`scale_by_moments` (and :func:`scale_by_infinity_moments`)
   as the ``updates`` of an :func:`optax.chain` link; read and re-emitted by
-  :func:`bias_correct`, :func:`running_max` and :func:`diagnose`; turned back
+  :func:`bias_correct` and :func:`running_max`; turned back
   into param-shaped updates by :func:`normalize`. Leaves are in compute
   precision (at least float32), before any rounding to the storage format.
 
@@ -131,6 +131,8 @@ def _moments_transformation(
     nu = _precision.zeros(params, nu_dtype, real=True)
     _precision.warn_if_decay_vanishes("b1", b1, mu, what="a moment", fix="mu_dtype")
     _precision.warn_if_decay_vanishes("b2", b2, nu, what="a moment", fix="nu_dtype")
+    _precision.warn_if_resharded(params, mu)
+    _precision.warn_if_resharded(params, nu)
     return MomentsState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
   def update_fn(
@@ -142,10 +144,14 @@ def _moments_transformation(
         f"{piece} expected gradients (param-shaped updates) but got "
         "ao.Moments: it must be the first piece of the Adam chain."
       )
-    _validate.check_gradients(piece, updates, state.mu)
+    # A low-bit moment that came back from nnx.state (or a checkpoint) as a
+    # mapping is read with the format this piece knows, and handed back alike.
+    stored_mu, mu_back = _precision.adopt(state.mu, updates, mu_dtype)
+    stored_nu, nu_back = _precision.adopt(state.nu, updates, nu_dtype, real=True)
+    _validate.check_gradients(piece, updates, stored_mu)
     grad = _precision.upcast(updates)
-    mu = optax.tree.update_moment(grad, _precision.upcast(state.mu), b1, 1)
-    nu = second_moment(grad, _precision.upcast(state.nu))
+    mu = optax.tree.update_moment(grad, _precision.upcast(stored_mu), b1, 1)
+    nu = second_moment(grad, _precision.upcast(stored_nu))
     count = optax.safe_increment(state.count)
     moments = Moments(
       mu=mu,
@@ -154,12 +160,14 @@ def _moments_transformation(
       b1=b1,
       b2=b2,
       grad=grad,
-      dtypes=_precision.update_dtypes(updates, state.mu, state.nu),
+      dtypes=_precision.update_dtypes(updates, stored_mu, stored_nu),
       order=order,
     )
     # The emitted moments keep compute precision; only the state is rounded.
     new_state = MomentsState(
-      count=count, mu=_precision.cast_like(mu, state.mu), nu=_precision.cast_like(nu, state.nu)
+      count=count,
+      mu=mu_back(_precision.cast_like(mu, stored_mu)),
+      nu=nu_back(_precision.cast_like(nu, stored_nu)),
     )
     return moments, new_state
 

@@ -15,7 +15,6 @@ import optax
 
 from adam_optax import _precision, _validate
 from adam_optax.bias import bias_correct
-from adam_optax.diagnosis import diagnose
 from adam_optax.lr import scale_by_lr
 from adam_optax.moments import scale_by_infinity_moments, scale_by_moments
 from adam_optax.normalize import normalize
@@ -33,16 +32,17 @@ def _chain(
   before_normalize: tuple[optax.GradientTransformation, ...] = (),
   before_lr: tuple[optax.GradientTransformation, ...] = (),
 ) -> optax.GradientTransformationExtraArgs:
-  """Algorithm 1's chain, with ``diagnose`` before ``normalize`` when asked for."""
-  watched = (diagnose(learning_rate, eps, eps_root),) if diagnostics else ()
+  """Algorithm 1's chain; with ``diagnostics``, ``normalize`` and ``scale_by_lr`` record.
+
+  The flag changes what two pieces keep, never where a piece sits in the chain.
+  """
   return optax.chain(
     moments,
     bias,
     *before_normalize,
-    *watched,
-    normalize(eps, eps_root),
+    normalize(eps, eps_root, diagnostics=diagnostics),
     *before_lr,
-    scale_by_lr(learning_rate),
+    scale_by_lr(learning_rate, diagnostics=diagnostics),
   )
 
 
@@ -94,10 +94,11 @@ def adam(
     nesterov: use the Nesterov first moment (that is :func:`nadam`).
     nu_dtype: storage dtype of the second moment (default: the params' real
       dtype).
-    diagnostics: put :func:`diagnose` before :func:`normalize`, so that
-      :func:`diagnostics` can read the step, its bounds and the
-      signal-to-noise ratio from the state. It adds a few scalars to the
-      state; the updates are the same to the bit.
+    diagnostics: have :func:`normalize` and :func:`scale_by_lr` record what
+      the step used (:class:`NormalizeState`, :class:`ScaleByLrState`), so
+      that :func:`diagnostics` can read the step, its bounds and the
+      signal-to-noise ratio from the state. It adds two small arrays to the
+      state and moves no piece; the updates are the same to the bit.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.

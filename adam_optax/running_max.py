@@ -60,16 +60,19 @@ def running_max(*, nu_dtype: DTypeLike | None = None) -> optax.GradientTransform
   _validate.check_storage("nu_dtype", nu_dtype)
 
   def init_fn(params: optax.Params) -> RunningMaxState:
-    return RunningMaxState(nu_max=_precision.zeros(params, nu_dtype, real=True))
+    nu_max = _precision.zeros(params, nu_dtype, real=True)
+    _precision.warn_if_resharded(params, nu_max)
+    return RunningMaxState(nu_max=nu_max)
 
   def update_fn(
     updates: Moments, state: RunningMaxState, params: optax.Params | None = None
   ) -> tuple[Moments, RunningMaxState]:
     del params
     moments = require_moments("ao.running_max", updates)
-    nu_max = jax.tree.map(jnp.maximum, _precision.upcast(state.nu_max), moments.nu)
-    new_state = RunningMaxState(nu_max=_precision.cast_like(nu_max, state.nu_max))
-    dtypes = jax.tree.map(lambda d, m: jnp.result_type(d, m.dtype), moments.dtypes, state.nu_max)
+    stored, back = _precision.adopt(state.nu_max, moments.nu, nu_dtype, real=True)
+    nu_max = jax.tree.map(jnp.maximum, _precision.upcast(stored), moments.nu)
+    new_state = RunningMaxState(nu_max=back(_precision.cast_like(nu_max, stored)))
+    dtypes = jax.tree.map(lambda d, m: jnp.result_type(d, m.dtype), moments.dtypes, stored)
     return dataclasses.replace(moments, nu=nu_max, dtypes=dtypes), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -21,19 +21,6 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def host_devices_env(count: int, env: dict[str, str] | None = None) -> dict[str, str]:
-  """``env`` (default: this process's) made to run JAX on ``count`` host (CPU) devices.
-
-  ``XLA_FLAGS=--xla_force_host_platform_device_count`` only splits the CPU;
-  on a machine with a GPU, JAX would still pick the GPU (one device), so the
-  platform is named too: ``JAX_PLATFORMS=cpu``.
-  """
-  env = dict(os.environ if env is None else env)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
-
-
 def run_python(
   args: list[str], *, stdin: str | None = None, host_devices: int | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -42,9 +29,11 @@ def run_python(
   Args:
     args: the interpreter's arguments (a script, or ``-c`` and code).
     stdin: text for the process's standard input.
-    host_devices: run JAX on this many CPU devices (:func:`host_devices_env`),
-      whatever accelerator the machine has; ``None`` leaves JAX to pick its
-      platform, with no ``XLA_FLAGS``, as a user's process would.
+    host_devices: run JAX on this many CPU devices, whatever accelerator the
+      machine has: ``XLA_FLAGS=--xla_force_host_platform_device_count`` only splits
+      the CPU, and on a machine with a GPU JAX would still pick the GPU (one
+      device), so ``JAX_PLATFORMS=cpu`` names the platform too. ``None`` leaves
+      JAX to pick its platform, with no ``XLA_FLAGS``, as a user's process would.
 
   Returns:
     The finished process, with its output captured as text.
@@ -52,7 +41,8 @@ def run_python(
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
   env.pop("XLA_FLAGS", None)
   if host_devices is not None:
-    env = host_devices_env(host_devices, env)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={host_devices}"
+    env["JAX_PLATFORMS"] = "cpu"
   return subprocess.run(
     [sys.executable, *args],
     input=stdin,

@@ -1,18 +1,20 @@
 """``adam-optax bench``: the --quick report (complete, finite), its round-robin ratios,
-its progress lines and the platform it names."""
+its compile times and budget, its progress lines and the platform it names."""
 
 import contextlib
+import dataclasses
 import io
 import itertools
 import json
 import math
 import statistics
+import time
 
 import jax
 import pytest
 
 from adam_optax import bench, cli
-from adam_optax.benchmarks import jax_steps, rounds, torch_step, trees
+from adam_optax.benchmarks import compiles, jax_steps, rounds, torch_step, trees
 from adam_optax.benchmarks import report as report_module
 
 JAX_METHODS = [
@@ -33,6 +35,7 @@ RESULT_KEYS = {
   "roofline_fraction",
   "peak_bytes",
   "peak_mib",
+  "compile",
   "compile_s",
   "real_compile_s",
   "speedup",
@@ -102,6 +105,7 @@ def test_quick_report_has_the_schema_and_every_method(report):
       assert all(len(result["round_ms"][kind]) == data["rounds"] for kind in rounds.KINDS)
       torch = result["method"].startswith("torch")
       assert torch or None not in (result["compile_s"], result["real_compile_s"])
+      assert set(result["compile"]) == (set() if torch else set(rounds.KINDS))
     baseline = tree["results"][0]
     assert baseline["speedup"] == {"wall": 1.0, "device": 1.0, "real": 1.0}
 
@@ -134,6 +138,7 @@ def test_quick_table_prints_the_diagnostics_overhead_per_tree(run):
   assert printed.strip() == report_module.table(data)
   assert "round-robin: 3 rounds" in printed
   _head, table = printed.split("\ndiagnostics on vs off, per tree: ")
+  table, _compile_times = table.split("\n\ncompile seconds per program: ")
   assert table.startswith("time with diagnostics=True over the same method without")
   assert "budget 1.02x" in table.splitlines()[0]
   rows = [line.split() for line in table.splitlines()[2:]]
@@ -151,6 +156,31 @@ def test_quick_table_prints_the_diagnostics_overhead_per_tree(run):
     # Three figures (wall, device, real step), each a ratio and its overhead in percent.
     assert row[-6::2] == [f"{1 + overhead[k]:.3f}x" for k in rounds.KINDS]
     assert row[-5::2] == [f"({overhead[k]:+.1%})" for k in rounds.KINDS]
+
+
+def test_every_program_has_its_compile_time_split_into_phases(run):
+  data, _, printed, _ = run
+  for tree in data["trees"]:
+    assert tree["compile_budget_s"] == 600
+    spent = 0.0
+    for result in tree["results"]:
+      for took in result["compile"].values():
+        assert took["outcome"] == "compiled"
+        phases = took["trace_s"] + took["lower_s"] + took["xla_s"]
+        assert took["seconds"] == pytest.approx(phases)
+        spent += took["seconds"]
+      if result["compile"]:
+        assert result["compile_s"] == result["compile"]["wall"]["seconds"]
+        assert result["real_compile_s"] == result["compile"]["real"]["seconds"]
+    assert spent <= tree["compile_spent_s"]  # plus the waits' own overhead
+  _, compile_table = printed.split("\ncompile seconds per program: ")
+  rows = compile_table.splitlines()[2:]
+  methods = [(t["name"], r["method"]) for t in data["trees"] for r in t["results"] if r["compile"]]
+  assert len(rows) == len(methods)
+  for row, (tree, method) in zip(rows, methods, strict=True):
+    assert row.startswith(tree)
+    assert f" {method} " in row
+    assert row.count("(") == 3  # trace + lower + XLA, for each of the three programs
 
 
 def test_quick_report_numbers_are_finite_and_positive(report):
@@ -235,6 +265,7 @@ def test_round_robin_interleaves_rotates_and_threads_each_carry():
 
 def _measurement(method, **round_ms):
   wall = statistics.median(round_ms["wall"])
+  took = {"outcome": "compiled", "seconds": 0.1, "trace_s": 0.02, "lower_s": 0.03, "xla_s": 0.05}
   return rounds.Measurement(
     method=method,
     bytes_per_step=1000,
@@ -242,17 +273,18 @@ def _measurement(method, **round_ms):
     device_ms=wall,
     real_ms=wall,
     peak_bytes=1,
-    compile_s=0.1,
-    real_compile_s=0.1,
+    compile=dict.fromkeys(rounds.KINDS, took),
     round_ms=round_ms,
   )
 
 
 def test_records_are_built_by_keyword():
   with pytest.raises(TypeError):
-    rounds.Measurement("ao.adam", 1000, 1.0, 1.0, 1.0, 1, 0.1, 0.1, {})
+    rounds.Measurement("ao.adam", 1000, 1.0, 1.0, 1.0, 1, {}, {})
   with pytest.raises(TypeError):
-    rounds.Contender("ao.adam", 1000, 1, 0.1, 0.1, {}, lambda: None)
+    rounds.Contender("ao.adam", 1000, lambda: None)
+  with pytest.raises(TypeError):
+    compiles.CompileTime("compiled", 1.0)
 
 
 def test_row_takes_speedup_and_overhead_per_round():
@@ -288,7 +320,9 @@ def test_progress_goes_to_stderr_per_compiled_method_and_round(run):
   assert f"] {platform} ({data['context']['device']}), quick trees: one-leaf, gpt2-bf16" in lines[0]
   for tree in data["trees"]:
     for method in JAX_METHODS:
-      assert f"] {tree['name']}: compiling {method}" in progress
+      for kind in rounds.KINDS:
+        assert f"] {tree['name']}: compiling the {kind} program of {method}\n" in progress
+        assert f"] {tree['name']}: {kind} program of {method}: compiled in " in progress
     for kind in rounds.KINDS:
       for r in range(1, data["rounds"] + 1):
         assert f"] {tree['name']}: timing {kind}, round {r}/{data['rounds']}" in progress
@@ -315,3 +349,106 @@ def test_skipped_torch_is_said_with_its_reason():
   assert "torch.optim.Adam skipped: --no-torch" in progress
   assert "torch.optim.Adam skipped: --no-torch" in printed
   assert "torch Adam" not in printed
+
+
+class _Slow:
+  """Stands in for a jitted function: tracing takes ``seconds`` (then raises ``error``)."""
+
+  def __init__(self, seconds, error=None):
+    self.seconds, self.error = seconds, error
+
+  def trace(self, *args):
+    time.sleep(self.seconds)
+    if self.error is not None:
+      raise self.error
+    return self
+
+  def lower(self):
+    return self
+
+  def compile(self):
+    return "compiled"
+
+
+def test_a_compile_that_outlasts_the_budget_is_abandoned_and_the_later_ones_skipped():
+  budget = compiles.Budget(0.3)
+  compiled, took = budget.compile(_Slow(0.01), ())
+  assert (compiled, took.outcome) == ("compiled", "compiled")
+  assert took.trace_s >= 0.01
+  assert took.seconds == took.trace_s + took.lower_s + took.xla_s
+  compiled, took = budget.compile(_Slow(3.0), ())  # waited for the rest of the 0.3 s only
+  assert (compiled, took.outcome) == (None, "abandoned")
+  assert 0.2 < took.seconds < 2.0
+  assert budget.still_compiling() == 1
+  assert budget.spent == pytest.approx(0.3, abs=0.2)
+  compiled, took = budget.compile(_Slow(0.0), ())
+  assert (compiled, took) == (None, compiles.CompileTime(outcome="skipped", seconds=0.0))
+
+
+@pytest.mark.parametrize("seconds", [None, 10.0], ids=["no budget", "budget"])
+def test_a_failing_compile_raises_in_the_caller(seconds):
+  budget = compiles.Budget(seconds)
+  with pytest.raises(ValueError, match="bad tree"):
+    budget.compile(_Slow(0.0, ValueError("bad tree")), ())
+  assert budget.compile(_Slow(0.0), ())[0] == "compiled"
+
+
+def test_the_fast_path_compiles_first_then_the_baseline():
+  names = ["optax.adam", "ao.adam", "ao fast path", "torch Adam(fused)", "ao fast path + diag"]
+  contenders = [rounds.Contender(method=n, bytes_per_step=1, fresh=lambda: None) for n in names]
+  order = [c.method for c in rounds.compile_order(contenders, "optax.adam")]
+  assert order == [
+    "ao fast path",
+    "ao fast path + diag",
+    "optax.adam",
+    "ao.adam",
+    "torch Adam(fused)",
+  ]
+
+
+def test_a_tree_over_its_budget_reports_what_was_measured_and_the_lower_bound():
+  kinds = list(rounds.KINDS)
+  abandoned = {"outcome": "abandoned", "seconds": 60.4}
+  skipped = {"outcome": "skipped", "seconds": 0.0}
+  fast = _measurement("ao fast path", wall=[1.0, 2.0], device=[1.0, 1.0], real=[1.0, 1.0])
+  late = dataclasses.replace(
+    _measurement("optax.adam", wall=[1.0], device=[1.0], real=[1.0]),
+    wall_ms=None,
+    device_ms=None,
+    real_ms=None,
+    peak_bytes=None,
+    compile={"wall": abandoned, "device": skipped, "real": skipped},
+    round_ms={},
+  )
+  rows = [report_module.row(r, 1e9, late) for r in (late, fast)]
+  assert rows[0]["speedup"] == dict.fromkeys(kinds)  # nothing to compare with
+  assert rows[0]["compile_s"] == 60.4  # a lower bound, marked in the table
+  assert rows[0]["real_compile_s"] is None
+  data = {
+    "context": report_module.context("cpu", [0.0, 0.0, 0.0]),
+    "copy_bandwidth_GBps": 1.0,
+    "memory_source": "XLA",
+    "rounds": 2,
+    "repeats": 1,
+    "scan_steps": 2,
+    "trees": [
+      {
+        "name": "many-leaves",
+        "params": 8,
+        "leaves": 2,
+        "param_dtype": "float32",
+        "moment_dtype": "float32",
+        "left_out": {},
+        "compile_budget_s": 60.0,
+        "compile_spent_s": 60.5,
+        "results": rows,
+      }
+    ],
+  }
+  printed = report_module.table(data)
+  head, compile_table = printed.split("\ncompile seconds per program: ")
+  optax_row = next(line for line in head.splitlines() if line.startswith("optax.adam"))
+  assert optax_row.split()[1:] == ["-"] * 5 + [">60.40", "-", "-"]
+  assert "many-leaves 60.5 of 60 s" in compile_table.splitlines()[0]
+  optax_compiles = next(line for line in compile_table.splitlines() if " optax.adam " in line)
+  assert optax_compiles.split()[2:] == [">60.4", "abandoned", "skipped", "skipped"]

@@ -129,9 +129,16 @@ CHEX_TYPES = {"chex.Array", "chex.ArrayTree", "chex.Numeric"}
     ao.adam(LR).init(jnp.ones(2))[0],
     ao.amsgrad(LR).init(jnp.ones(2))[2],
     ao.adam(LR, diagnostics=True).init(jnp.ones(2))[2],
+    ao.adam(LR, diagnostics=True).init(jnp.ones(2))[3],
     ao.average_params().init(jnp.ones(2)),
   ],
-  ids=["MomentsState", "RunningMaxState", "DiagnosticsState", "AveragedParamsState"],
+  ids=[
+    "MomentsState",
+    "RunningMaxState",
+    "NormalizeState",
+    "ScaleByLrState",
+    "AveragedParamsState",
+  ],
 )
 def test_states_are_immutable_pytrees_with_chex_annotations(state: Any) -> None:
   fields = list(state._fields)

@@ -34,7 +34,6 @@ FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
   "adamax": functools.partial(ao.adamax, 1e-3),
   "nadamw": functools.partial(ao.nadamw, 1e-3),
   "amsgrad": functools.partial(ao.amsgrad, 1e-3),
-  "diagnose": functools.partial(ao.diagnose, 1e-3),
   "scale_by_moments": ao.scale_by_moments,
   "scale_by_infinity_moments": ao.scale_by_infinity_moments,
   "bias_correct": ao.bias_correct,
@@ -244,9 +243,9 @@ def _update(tx: optax.GradientTransformation, jit: bool) -> Callable[..., Any]:
     (ao.bias_correct, "ao.bias_correct expected the ao.Moments"),
     (ao.normalize, "ao.normalize expected the ao.Moments"),
     (ao.running_max, "ao.running_max expected the ao.Moments"),
-    (lambda: ao.diagnose(0.1), "ao.diagnose expected the ao.Moments"),
+    (lambda: ao.normalize(diagnostics=True), "ao.normalize expected the ao.Moments"),
   ],
-  ids=["bias_correct", "normalize", "running_max", "diagnose"],
+  ids=["bias_correct", "normalize", "running_max", "normalize_diagnosed"],
 )
 def test_param_shaped_updates_to_a_moments_piece(
   factory: Callable, message: str, jit: bool

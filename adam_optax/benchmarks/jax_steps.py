@@ -21,8 +21,7 @@ import optax
 from jax import lax
 
 import adam_optax as ao
-from adam_optax.benchmarks import timing
-from adam_optax.benchmarks.rounds import Contender
+from adam_optax.benchmarks.rounds import Contender, Program
 from adam_optax.benchmarks.trees import TreeSpec, arrays
 from adam_optax.flat import flat_train_step, flatten_params, update_and_apply
 
@@ -90,12 +89,12 @@ def _loss(tree: Any) -> jax.Array:
 
 
 def prepare(name: str, method: Method, spec: TreeSpec, scan_steps: int) -> Contender:
-  """Compiles a method of :func:`methods` on ``spec``'s tree, ready to be timed.
+  """A method of :func:`methods` on ``spec``'s tree, its three programs ready to compile.
 
   Flat methods keep params, grads and state as :class:`FlatParams` and step
   with :func:`adam_optax.flat.update_and_apply` (and, for the real step,
-  :func:`adam_optax.flat.flat_train_step`). The ``lax.scan`` of
-  ``scan_steps`` steps compiles at its first (warm-up) call.
+  :func:`adam_optax.flat.flat_train_step`). Nothing is compiled here: the
+  benchmark compiles each program within the tree's budget (:mod:`.compiles`).
   """
   tx, flat = method
   as_params: Callable[[Any], Any] = flatten_params if flat else (lambda p: p)
@@ -116,24 +115,31 @@ def prepare(name: str, method: Method, spec: TreeSpec, scan_steps: int) -> Conte
     return (*step(p, g, s), loss)
 
   grads = as_params(jax.device_put(arrays(spec, 0.01)))
-  params, state = fresh()
-  bytes_per_step = 3 * _nbytes(params) + 2 * _nbytes(state)
-  dispatched, compile_s = timing.compile_seconds(
-    jax.jit(step, donate_argnums=(0, 2)), params, grads, state
-  )
-  many = jax.jit(scanned, donate_argnums=(0, 2))
-  trained = flat_train_step(_loss, tx) if flat else jax.jit(real, donate_argnums=(0, 1))
-  trained, real_compile_s = timing.compile_seconds(trained, params, state)
+  # Compiled for shapes alone, so that no second copy of the tree stays alive.
+  params, state = jax.tree.map(_abstract, fresh())
+  with_grads = lambda compiled, c: compiled(c[0], grads, c[1])  # noqa: E731
   return Contender(
     method=name,
-    bytes_per_step=bytes_per_step,
-    peak_bytes=timing.step_memory_bytes(dispatched),
-    compile_s=compile_s,
-    real_compile_s=real_compile_s,
-    calls={
-      "wall": lambda c: dispatched(c[0], grads, c[1]),
-      "device": lambda c: many(c[0], grads, c[1]),
-      "real": lambda c: trained(*c[:2]),
-    },
+    bytes_per_step=3 * _nbytes(params) + 2 * _nbytes(state),
     fresh=fresh,
+    programs={
+      "wall": Program(
+        jitted=jax.jit(step, donate_argnums=(0, 2)), args=(params, grads, state), call=with_grads
+      ),
+      "device": Program(
+        jitted=jax.jit(scanned, donate_argnums=(0, 2)),
+        args=(params, grads, state),
+        call=with_grads,
+      ),
+      "real": Program(
+        jitted=flat_train_step(_loss, tx) if flat else jax.jit(real, donate_argnums=(0, 1)),
+        args=(params, state),
+        call=lambda compiled, c: compiled(*c[:2]),
+      ),
+    },
   )
+
+
+def _abstract(x: jax.Array) -> jax.ShapeDtypeStruct:
+  """The shape, dtype and sharding of ``x``: what a program is compiled for."""
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)

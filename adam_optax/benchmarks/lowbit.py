@@ -12,7 +12,7 @@ Three measurements of ``ao.adam`` with :class:`adam_optax.Quantized` moments:
 * **speed**: one jitted, donated step (update and ``optax.apply_updates``) of
   one leaf, every method timed round-robin (:mod:`adam_optax.benchmarks.rounds`),
   ratios the median of per-round ratios to ``optax.adam``; and the step's peak
-  memory by XLA's accounting (:func:`adam_optax.benchmarks.timing.step_memory_bytes`).
+  memory by XLA's accounting (:func:`adam_optax.benchmarks.compiles.step_memory_bytes`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 import adam_optax as ao
-from adam_optax.benchmarks import rounds, timing
+from adam_optax.benchmarks import compiles, rounds
 
 LEARNING_RATE = 1e-3
 STEPS = 300
@@ -171,7 +171,7 @@ def speed(size: int, n_rounds: int, repeats: int) -> dict[str, dict[str, float]]
     compiled = calls[name].lower(*[carries[name]]).compile()
     rows[name] = {
       "bytes_per_param": bytes_per_param(state, params),
-      "peak_bytes_per_param": timing.step_memory_bytes(compiled) / size,
+      "peak_bytes_per_param": compiles.step_memory_bytes(compiled) / size,
     }
   for name, make in torchao_optimizers().items():
     if name != "float32":

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 
+from adam_optax.benchmarks.compiles import ABANDONED, SKIPPED
 from adam_optax.benchmarks.rounds import KINDS, Measurement, median_ratio
 
 SCHEMA = "adam-optax-bench/2"
@@ -27,6 +28,8 @@ COLUMNS = (
   ("real_compile_s", "real compile s", "{:.2f}"),
   ("speedup_vs_optax", "vs optax", "{:.2f}x"),
 )
+# The compile columns: the program of each kind whose compile time they show.
+_COMPILE_COLUMNS = {"compile_s": "wall", "real_compile_s": "real"}
 #: The design's budget for diagnostics: at most this much slower than without.
 DIAGNOSTICS_BUDGET = 0.02
 _KIND_TITLES = {"wall": "wall", "device": "device", "real": "real step"}
@@ -75,6 +78,16 @@ def context(platform: str, load_at_start: list[float]) -> dict[str, Any]:
   }
 
 
+def _ratios(numerator: Measurement, denominator: Measurement) -> dict[str, float | None]:
+  """Per kind, the median of per-round ratios (``None`` where either was not timed)."""
+  return {
+    kind: median_ratio(numerator.round_ms[kind], denominator.round_ms[kind])
+    if kind in numerator.round_ms and kind in denominator.round_ms
+    else None
+    for kind in KINDS
+  }
+
+
 def row(
   result: Measurement,
   bandwidth: float,
@@ -89,22 +102,36 @@ def row(
   method's, the median over rounds of the per-round ratio (above 1: faster).
   With a ``reference`` (the same method without diagnostics), ``overhead``
   holds this method's time over the reference's, minus 1, taken the same way.
+  ``compile_s`` and ``real_compile_s`` are the seconds spent compiling the
+  dispatched and the real step (a lower bound where abandoned; ``None`` where
+  skipped). A figure that was not measured is ``None``.
   """
   out = dataclasses.asdict(result)
   out["roofline_ms"] = result.bytes_per_step / bandwidth * 1e3
-  out["roofline_fraction"] = out["roofline_ms"] / result.wall_ms
-  out["peak_mib"] = result.peak_bytes / 2**20
+  out["roofline_fraction"] = None if result.wall_ms is None else out["roofline_ms"] / result.wall_ms
+  out["peak_mib"] = None if result.peak_bytes is None else result.peak_bytes / 2**20
+  for key, kind in _COMPILE_COLUMNS.items():
+    took = result.compile.get(kind)
+    out[key] = None if took is None or took["outcome"] == SKIPPED else took["seconds"]
   if baseline is not None:
-    out["speedup"] = {
-      kind: median_ratio(baseline.round_ms[kind], result.round_ms[kind]) for kind in KINDS
-    }
+    out["speedup"] = _ratios(baseline, result)
     out["speedup_vs_optax"] = out["speedup"]["wall"]
   if reference is not None:
+    ratios = _ratios(result, reference)
     out["overhead"] = {
       "reference": reference.method,
-      **{kind: median_ratio(result.round_ms[kind], reference.round_ms[kind]) - 1 for kind in KINDS},
+      **{kind: None if r is None else r - 1 for kind, r in ratios.items()},
     }
   return out
+
+
+def _cell(result: dict[str, Any], key: str, fmt: str) -> str:
+  """One cell of a tree's table: ``-`` where not measured, ``>`` before a lower bound."""
+  if result.get(key) is None:
+    return "-"
+  text = fmt.format(result[key])
+  took = result.get("compile", {}).get(_COMPILE_COLUMNS.get(key))
+  return f">{text}" if took is not None and took["outcome"] == ABANDONED else text
 
 
 def _aligned(cells: list[list[str]], text_columns: int = 1) -> list[str]:
@@ -135,7 +162,10 @@ def _diagnostics_overhead(trees: list[dict[str, Any]]) -> list[str]:
           [
             tree["name"],
             f"{result['method']} / {overhead['reference']}",
-            *(f"{1 + overhead[k]:.3f}x ({overhead[k]:+.1%})" for k in _KIND_TITLES),
+            *(
+              "-" if overhead[k] is None else f"{1 + overhead[k]:.3f}x ({overhead[k]:+.1%})"
+              for k in _KIND_TITLES
+            ),
           ]
         )
     left_out += [f"{tree['name']}: {method} left out" for method in tree.get("left_out", {})]
@@ -146,6 +176,36 @@ def _diagnostics_overhead(trees: list[dict[str, Any]]) -> list[str]:
     f"without (median of per-round ratios; budget {1 + DIAGNOSTICS_BUDGET:.2f}x)"
   )
   return ["", title, *_aligned(cells, text_columns=2), *left_out]
+
+
+def _compile_time(took: dict[str, Any] | None) -> str:
+  """E.g. ``3.20 (0.41 + 0.12 + 2.67)``, ``>60.0 abandoned`` or ``skipped``."""
+  if took is None:
+    return "-"
+  if took["outcome"] == SKIPPED:
+    return "skipped"
+  if took["outcome"] == ABANDONED:
+    return f">{took['seconds']:.1f} abandoned"
+  phases = " + ".join(f"{took[k]:.2f}" for k in ("trace_s", "lower_s", "xla_s"))
+  return f"{took['seconds']:.2f} ({phases})"
+
+
+def _compile_times(trees: list[dict[str, Any]]) -> list[str]:
+  """Every program's compile time, split into trace + lower + XLA compile, as a table."""
+  cells = [["tree", "method", *(f"{_KIND_TITLES[k]} program" for k in KINDS)]]
+  for tree in trees:
+    for result in tree["results"]:
+      if result["compile"]:
+        times = [_compile_time(result["compile"].get(kind)) for kind in KINDS]
+        cells.append([tree["name"], result["method"], *times])
+  budgets = ", ".join(
+    f"{t['name']} {t['compile_spent_s']:.1f} of {t['compile_budget_s']:g} s" for t in trees
+  )
+  title = (
+    "compile seconds per program: total (trace + lower + XLA compile); the device program is "
+    f"the lax.scan; compiling spent per tree: {budgets}"
+  )
+  return ["", title, *_aligned(cells, text_columns=2)]
 
 
 def table(report: dict[str, Any]) -> str:
@@ -169,16 +229,14 @@ def table(report: dict[str, Any]) -> str:
       f"leaves, {tree['moment_dtype']} moments"
     )
     cells = [[title for _, title, _ in COLUMNS]]
-    for result in tree["results"]:
-      cells.append(
-        ["-" if result.get(key) is None else fmt.format(result[key]) for key, _, fmt in COLUMNS]
-      )
+    cells += [[_cell(result, key, fmt) for key, _, fmt in COLUMNS] for result in tree["results"]]
     lines += _aligned(cells)
     for method, reason in tree.get("left_out", {}).items():
       lines.append(f"left out: {method} ({reason})")
   if report.get("torch_skipped"):
     lines += ["", f"torch.optim.Adam skipped: {report['torch_skipped']}"]
   lines += _diagnostics_overhead(report["trees"])
+  lines += _compile_times(report["trees"])
   return "\n".join(lines)
 
 

@@ -1,10 +1,11 @@
 r"""Round-robin timing: every method of a tree under the same load, ratios per round.
 
 On a shared machine the load changes by the second, so methods timed one after
-another in their own blocks see different machines. Here every method of a
-tree is compiled and warmed first; then, per kind of figure, each round times
-a few calls of every method in turn (the order rotated by one each round, so
-that no method always follows the same one). A method's time is the median of
+another in their own blocks see different machines. Here, per kind of figure,
+every method of a tree is compiled (:mod:`.compiles`, within the tree's budget)
+and warmed first; then each round times a few calls of every method in turn
+(the order rotated by one each round, so that no method always follows the
+same one). A method's time is the median of
 its calls; its ratio to another method is the median over rounds of the
 per-round ratio
 
@@ -27,38 +28,55 @@ from typing import Any
 
 import jax
 
+from adam_optax.benchmarks import compiles
+
 KINDS = ("wall", "device", "real")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Contender:
-  """One method on one tree, compiled and ready to be timed.
+class Program:
+  """A JAX program of one kind of figure, to be compiled before it is timed.
 
-  Built by keyword (its fields are keyword-only).
+  Attributes:
+    jitted: the ``jax.jit``-wrapped function.
+    args: the arguments to compile it for.
+    call: ``call(compiled, carry) -> carry``, one timed call of the compiled program.
+  """
+
+  jitted: Any
+  args: tuple[Any, ...]
+  call: Callable[[Any, Any], Any]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Contender:
+  """One method on one tree, ready to be compiled and timed (keyword-only fields).
 
   Attributes:
     method: the method's name.
     bytes_per_step: bytes a step must read and write (params, grads, state).
-    peak_bytes: peak memory of the step (see ``memory_source`` in the report).
-    compile_s: seconds to compile the dispatched step (``None``: not compiled).
-    real_compile_s: seconds to compile the real training step.
-    calls: kind of figure (:data:`KINDS`) -> one call, carry to carry; the
-      ``device`` call makes the report's ``scan_steps`` steps.
     fresh: makes a first carry (each kind threads its own: they are donated).
+    programs: kind of figure (:data:`KINDS`) -> the JAX program to compile and
+      time; the ``device`` one makes the report's ``scan_steps`` steps. Its
+      ``wall`` program's memory is the method's peak.
+    calls: kind -> a call needing no compile (torch), carry to carry.
+    peak_bytes: the peak memory of a method without programs (torch).
   """
 
   method: str
   bytes_per_step: int
-  peak_bytes: int
-  compile_s: float | None
-  real_compile_s: float | None
-  calls: Mapping[str, Callable[[Any], Any]]
   fresh: Callable[[], Any]
+  programs: Mapping[str, Program] = dataclasses.field(default_factory=dict)
+  calls: Mapping[str, Callable[[Any], Any]] = dataclasses.field(default_factory=dict)
+  peak_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Measurement:
   """What the benchmark measures of one method on one tree (keyword-only fields).
+
+  A figure whose program was not compiled within the tree's compile budget is
+  ``None`` (and its kind is missing from ``round_ms``).
 
   Attributes:
     method: the method's name.
@@ -67,19 +85,18 @@ class Measurement:
     device_ms: median device time per step (steps inside one ``lax.scan``).
     real_ms: median wall time of a step that also makes the gradients.
     peak_bytes: peak memory of the step (see ``memory_source`` in the report).
-    compile_s: seconds to compile the dispatched step (``None``: not compiled).
-    real_compile_s: seconds to compile the real training step.
+    compile: kind -> its program's :class:`~.compiles.CompileTime` as a dict
+      (empty for torch, which compiles nothing).
     round_ms: kind -> the method's median milliseconds per step in each round.
   """
 
   method: str
   bytes_per_step: int
-  wall_ms: float
-  device_ms: float
-  real_ms: float
-  peak_bytes: int
-  compile_s: float | None
-  real_compile_s: float | None
+  wall_ms: float | None
+  device_ms: float | None
+  real_ms: float | None
+  peak_bytes: int | None
+  compile: dict[str, dict[str, Any]]
   round_ms: dict[str, list[float]]
 
 
@@ -120,7 +137,7 @@ def round_robin(
   for r in range(rounds):
     if on_round is not None:
       on_round(r)
-    shift = r % len(names)
+    shift = r % max(len(names), 1)
     for name in names[shift:] + names[:shift]:
       samples = []
       for _ in range(repeats):
@@ -141,51 +158,109 @@ def median_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> fl
   return statistics.median(n / d for n, d in zip(numerator, denominator, strict=True))
 
 
+def compile_order(contenders: Sequence[Contender], baseline: str) -> list[Contender]:
+  """The order in which a tree's programs are compiled, so a spent budget drops the least.
+
+  First the methods whose step takes one buffer per dtype (the fast path:
+  their step compiles in a fraction of a second whatever the tree), then
+  ``baseline`` (every ratio needs it), then the rest in the table's order.
+  """
+  flat = [c for c in contenders if c.method.startswith("ao fast path")]
+  first = [*flat, *(c for c in contenders if c.method == baseline and c not in flat)]
+  return first + [c for c in contenders if c not in first]
+
+
+def _compile_kind(
+  kind: str,
+  contenders: Sequence[Contender],
+  budget: compiles.Budget,
+  baseline: str,
+  say: Callable[[str], None],
+) -> tuple[dict[str, Callable[[Any], Any]], dict[str, compiles.CompileTime], dict[str, Any]]:
+  """Compiles the ``kind`` programs within ``budget``: (ready calls, compile times, compiled)."""
+  calls = {c.method: c.calls[kind] for c in contenders if kind in c.calls}
+  times, compiled_programs = {}, {}
+  for c in compile_order(contenders, baseline):
+    if kind not in c.programs:
+      continue
+    program = c.programs[kind]
+    if not budget.exhausted:
+      say(f"compiling the {kind} program of {c.method}")
+    compiled, times[c.method] = budget.compile(program.jitted, program.args)
+    if times[c.method].outcome != compiles.SKIPPED:
+      say(f"{kind} program of {c.method}: {_described(times[c.method])}")
+    if compiled is not None:
+      calls[c.method] = functools.partial(program.call, compiled)
+      compiled_programs[c.method] = compiled
+  return calls, times, compiled_programs
+
+
+def _described(took: compiles.CompileTime) -> str:
+  """A compiled or abandoned program: ``compiled in 3.20 s (trace 0.41, ...)``, or why not."""
+  if took.outcome == compiles.COMPILED:
+    return (
+      f"compiled in {took.seconds:.2f} s (trace {took.trace_s:.2f}, lower {took.lower_s:.2f}, "
+      f"XLA {took.xla_s:.2f})"
+    )
+  return (
+    f"still compiling after {took.seconds:.1f} s: abandoned; the tree's compile budget is "
+    "spent, its later programs are not compiled"
+  )
+
+
 def measure(
   contenders: Sequence[Contender],
+  budget: compiles.Budget,
   rounds: int,
   repeats: int,
   scan_steps: int,
-  on_round: Callable[[str, int], None] | None = None,
+  baseline: str,
+  say: Callable[[str], None] = lambda _: None,
 ) -> list[Measurement]:
-  """Times every contender round-robin, one kind of figure after another.
+  """Compiles and times every contender round-robin, one kind of figure after another.
 
-  ``wall`` and ``real`` time ``repeats`` calls per round, ``device`` one call
+  Per kind: its programs are compiled within ``budget`` (in
+  :func:`compile_order`), then every method with a call of that kind is timed:
+  ``wall`` and ``real`` ``repeats`` calls per round, ``device`` one call
   (already ``scan_steps`` steps) per round. Only one kind's carries are alive
-  at a time. ``on_round(kind, r)`` is called before round ``r`` of each kind.
+  at a time. ``say`` gets a line per compile and per round.
   """
   steps = {"wall": 1, "device": scan_steps, "real": 1}
   per_round = {"wall": repeats, "device": 1, "real": repeats}
-  ms: dict[str, dict[str, list[list[float]]]] = {}
+  by_name = {c.method: c for c in contenders}
+  times: dict[str, dict[str, Any]] = {c.method: {} for c in contenders}
+  peaks = {c.method: c.peak_bytes for c in contenders}
+  calls_ms: dict[str, dict[str, list[list[float]]]] = {c.method: {} for c in contenders}
   for kind in KINDS:
+    calls, took, compiled = _compile_kind(kind, contenders, budget, baseline, say)
+    for name, compile_time in took.items():
+      times[name][kind] = dataclasses.asdict(compile_time)
+    if kind == "wall":
+      peaks |= {name: compiles.step_memory_bytes(c) for name, c in compiled.items()}
+    order = [c.method for c in contenders if c.method in calls]  # the table's order
     seconds = round_robin(
-      {c.method: c.calls[kind] for c in contenders},
-      {c.method: c.fresh() for c in contenders},
+      {name: calls[name] for name in order},
+      {name: by_name[name].fresh() for name in order},
       rounds,
       per_round[kind],
-      on_round=None if on_round is None else functools.partial(on_round, kind),
+      on_round=lambda r, kind=kind: say(f"timing {kind}, round {r + 1}/{rounds}"),
     )
-    ms[kind] = {
-      name: [[s * 1e3 / steps[kind] for s in samples] for samples in per_method]
-      for name, per_method in seconds.items()
-    }
+    for name, per_method in seconds.items():
+      calls_ms[name][kind] = [[t * 1e3 / steps[kind] for t in s] for s in per_method]
   results = []
   for c in contenders:
-    calls = {kind: ms[kind][c.method] for kind in KINDS}
-    median_ms = {
-      kind: statistics.median(t for samples in calls[kind] for t in samples) for kind in KINDS
-    }
+    timed = calls_ms[c.method]  # kind -> per round, the ms per step of each call
+    median_ms = {kind: statistics.median(t for s in rs for t in s) for kind, rs in timed.items()}
     results.append(
       Measurement(
         method=c.method,
         bytes_per_step=c.bytes_per_step,
-        wall_ms=median_ms["wall"],
-        device_ms=median_ms["device"],
-        real_ms=median_ms["real"],
-        peak_bytes=c.peak_bytes,
-        compile_s=c.compile_s,
-        real_compile_s=c.real_compile_s,
-        round_ms={kind: [statistics.median(samples) for samples in calls[kind]] for kind in KINDS},
+        wall_ms=median_ms.get("wall"),
+        device_ms=median_ms.get("device"),
+        real_ms=median_ms.get("real"),
+        peak_bytes=peaks[c.method],
+        compile=times[c.method],
+        round_ms={kind: [statistics.median(s) for s in rs] for kind, rs in timed.items()},
       )
     )
   return results

@@ -93,9 +93,7 @@ def prepare(spec: TreeSpec, platform: str, scan_steps: int) -> Contender:
   return Contender(
     method=f"torch Adam({kind})",
     bytes_per_step=3 * _nbytes(params) + 2 * _nbytes(state),
-    peak_bytes=peak,
-    compile_s=None,
-    real_compile_s=None,
-    calls={"wall": step, "device": steps, "real": real},
     fresh=lambda: None,
+    calls={"wall": step, "device": steps, "real": real},
+    peak_bytes=peak,
   )

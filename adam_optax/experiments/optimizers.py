@@ -180,11 +180,11 @@ def adam_without_bias_correction(
   References:
     Kingma & Ba, 2015, section 3 and figure 4.
   """
-  # Without ao.bias_correct the moments say they are uncorrected: ao.diagnose reads that.
-  watched = (ao.diagnose(learning_rate, eps=eps),) if diagnostics else ()
-  moments = ao.scale_by_moments(b1=b1, b2=b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+  # Without ao.bias_correct the moments say they are uncorrected: ao.normalize records that.
   return optax.chain(
-    moments, *watched, ao.normalize(eps=eps), ao.scale_by_lr(learning_rate=learning_rate)
+    ao.scale_by_moments(b1=b1, b2=b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+    ao.normalize(eps=eps, diagnostics=diagnostics),
+    ao.scale_by_lr(learning_rate=learning_rate, diagnostics=diagnostics),
   )
 
 

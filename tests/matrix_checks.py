@@ -219,7 +219,9 @@ def skipped_step(case: Case, run: Run) -> list[str]:
 
 
 def _readings(state: Any) -> dict[str, np.ndarray]:
-  return {key: np.asarray(value) for key, value in jax.jit(ao.diagnostics)(state).items()}
+  """``ao.diagnostics(state)``, called as it is (tests/test_diagnostics.py jits it): a
+  compilation per form of the state would cost more than the matrix's steps."""
+  return {key: np.asarray(value) for key, value in ao.diagnostics(state).items()}
 
 
 def reader(case: Case, run: Run, *, workdir: pathlib.Path) -> list[str]:

@@ -219,8 +219,11 @@ def skipped_step(case: Case, run: Run) -> list[str]:
 
 
 def _readings(state: Any) -> dict[str, np.ndarray]:
-  """``ao.diagnostics(state)``, called as it is (tests/test_diagnostics.py jits it): a
-  compilation per form of the state would cost more than the matrix's steps."""
+  """``ao.diagnostics(state)`` as NumPy arrays, called eagerly.
+
+  Jitted, it would compile once per form of the state, which costs more than the
+  case's steps; tests/test_diagnostics.py checks the jitted reader.
+  """
   return {key: np.asarray(value) for key, value in ao.diagnostics(state).items()}
 
 

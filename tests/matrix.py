@@ -123,7 +123,8 @@ def optimizer(
 #: pytree, ``nnx.Optimizer`` with ``nnx.jit``, or Linen's ``TrainState`` with
 #: ``jax.jit``. path: the params as a tree, or ``ao.flatten_params`` buffers
 #: (``ao.flat_train_step`` in the optax loop). layout: one device, or 8 host
-#: devices with the matrices split by rows or by columns. reader:
+#: devices with every matrix split by rows, or the hidden layer split by columns
+#: as tensor parallelism does (tests/matrix_training.py's SPECS). reader:
 #: ``ao.diagnostics`` on the live state, on ``nnx.state(optimizer)``, or on the
 #: state saved and restored by orbax without a target.
 DIMENSIONS: dict[str, tuple[str, ...]] = {

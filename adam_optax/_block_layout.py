@@ -1,29 +1,10 @@
-r"""Where the elements of a low-bit moment go: rows of blocks, and the leaf's sharding kept.
+"""Where the elements of a low-bit moment go: rows of blocks, and the leaf's sharding kept.
 
-A leaf is read in row-major order and cut into blocks of consecutive
-elements, one scale per block; ``per_row = 8 // bits`` blocks make one row of
-codes, ``block`` bytes (at 4 bits the row's first block in the low nibbles,
-its second in the high ones). A row is :math:`G = \text{per\_row} \cdot
-\text{block}` elements: 256 by default at both widths. Two layouts, told
-apart by the shapes of the stored arrays alone (so a state that lost its
-static metadata, in ``nnx.state`` or a checkpoint restored without a target,
-is still read exactly):
-
-* **Rows** (``balanced=False``), when some trailing dimensions
-  :math:`(d_j, \dots, d_{r-1})` of the leaf hold a whole number of rows: the
-  smallest such group is cut into rows, and the dimensions before it, the
-  *lead*, are kept: codes ``uint8[*lead, rows, block]``, scales
-  ``[*lead, rows, per_row]``. No block crosses a lead index, so a leaf sharded
-  over its lead dimensions keeps its sharding, and one sharded over the first
-  trailing dimension keeps it when each shard holds whole rows.
-* **Balanced** (``balanced=True``), when no such group exists (the leaf's size
-  is not a multiple of :math:`G`): its :math:`n` elements make
-  :math:`\lceil n/G \rceil` rows of blocks of :math:`\lceil n / \text{blocks}
-  \rceil` elements (at most ``block``), the last ``padding`` elements of the
-  last block zeros: codes ``uint8[rows, block']``, scales
-  ``[rows * per_row + padding]``, the blocks' scales followed by ``padding``
-  zeros, so that the number of padding elements is in the shape (it is less
-  than the number of blocks, which tells ``per_row`` apart too).
+:func:`plan` picks a leaf's :class:`BlockLayout` (the two layouts, *rows* and
+*balanced*, are described in :mod:`adam_optax.quantized`), :func:`read` gets it
+back from the stored arrays' shapes, and :func:`to_blocks`/:func:`from_blocks`
+cut a leaf into ``(..., *lead, blocks, block)`` and back, keeping an explicit
+sharding wherever the blocks stay on their device (:func:`kept_axis`).
 """
 
 from __future__ import annotations
@@ -158,6 +139,38 @@ def kept_axis(spec: tuple[Any, ...], mesh: Any, layout: BlockLayout, batch: int)
   if any(later) or layout.padding or (layout.size // _shards(mesh, first)) % row:
     return False
   return first
+
+
+def _spec_and_mesh(x: Any) -> tuple[tuple[Any, ...] | None, Any]:
+  """``x``'s partition spec and mesh: explicit axes from its type, else a concrete sharding."""
+  spec = explicit_spec(x)
+  if spec is not None:
+    return spec, jax.typeof(x).sharding.mesh
+  sharding = getattr(x, "sharding", None)
+  if isinstance(sharding, jax.sharding.NamedSharding) and any(sharding.spec):
+    spec = tuple(sharding.spec) + (None,) * (jnp.ndim(x) - len(sharding.spec))
+    return spec, sharding.mesh
+  return None, None
+
+
+def resharded_spec(param: Any, layout: BlockLayout | None, ndim: int) -> tuple[Any, ...] | None:
+  """``param``'s partition spec when its low-bit moment cannot keep it, else ``None``.
+
+  ``layout`` is the moment's (``None`` for a fast-path buffer) and ``ndim``
+  the number of dimensions of one unbatched leaf.
+
+  A leaf keeps its sharding when only its batch and lead dimensions are
+  sharded, or also the first trailing one, with each shard holding whole rows
+  (the module docstring). Otherwise a block would cross two devices, and every
+  step gathers the trailing dimensions first. A fast-path buffer's pieces
+  cross its shards: a sharded buffer is always gathered.
+  """
+  spec, mesh = _spec_and_mesh(param)
+  if spec is None:
+    return None
+  if layout is None:
+    return spec
+  return spec if kept_axis(spec, mesh, layout, jnp.ndim(param) - ndim) is False else None
 
 
 def reshape(x: chex.Array, shape: tuple[int, ...], keep: int) -> chex.Array:

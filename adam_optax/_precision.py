@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
-from adam_optax import _fields, quantized
+from adam_optax import _block_layout, _fields, quantized
 from adam_optax._flat_buffers import FlatParams
 
 #: A moment's storage format, as ``mu_dtype=``/``nu_dtype=`` accept it.
@@ -124,11 +124,7 @@ def zeros(
         buffer,
         dtype,
         signed=not real,
-        segments=tuple(
-          math.prod(shape)
-          for shape, at in zip(layout.shapes, layout.buffer_of, strict=True)
-          if at == index
-        ),
+        segments=tuple(math.prod(layout.shapes[i]) for i in layout.members(index)),
       )
       for index, buffer in enumerate(p.buffers)
     )
@@ -221,7 +217,9 @@ def warn_if_resharded(params: chex.ArrayTree, stored: chex.ArrayTree) -> None:
   """
 
   def check(path: Any, param: Any, leaf: Any) -> None:
-    spec = quantized.resharded_spec(param, leaf)
+    if not quantized.is_quantized(leaf):
+      return
+    spec = _block_layout.resharded_spec(param, leaf.layout, len(leaf.logical_shape))
     if spec is None:
       return
     where = f"the param at {jax.tree_util.keystr(path) or '<root>'}"

@@ -32,6 +32,15 @@ low nibbles, its second in the high ones):
 * Scales are ``bfloat16`` for a signed map (a first moment) and ``float32``
   for the unsigned one (a second moment, a running maximum).
 
+**Sharding.** Which elements share a scale never depends on the devices, so
+sharded results equal single-device results. A leaf sharded over its lead
+dimensions keeps its sharding, and so does one sharded over its first
+trailing dimension when each shard holds whole rows (a ``(64, 2048)`` weight
+split by columns over 8 devices: 256 columns a shard). Otherwise (a
+``(768, 3072)`` weight by columns: 384 a shard, a row and a half) ``init``
+warns once, naming the leaf and its spec, and each step gathers that leaf's
+trailing dimensions; ``block_size=128`` (8 bits) or ``64`` (4 bits) would keep it.
+
 A fast-path buffer (:class:`adam_optax.flat.FlatParams`) is stored per leaf
 of its tree, exactly as the tree is (see :func:`zeros`), in flat arrays:
 ``codes: uint8[bytes]``, ``scales: [scales]`` and, for its leaves under
@@ -51,8 +60,28 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from adam_optax import _block_layout, _codes, _fields
-from adam_optax._block_layout import BlockLayout
+from adam_optax import _block_layout, _codes, _stored_blocks
+from adam_optax._quantized_array import (
+  QuantizedArray,
+  as_quantized,
+  is_quantized,
+  is_stored,
+  unwrapped,
+)
+
+__all__ = [
+  "Quantized",
+  "QuantizedArray",
+  "as_quantized",
+  "decode",
+  "dequantize",
+  "encode",
+  "is_quantized",
+  "is_stored",
+  "relative_error",
+  "unwrapped",
+  "zeros",
+]
 
 _DEFAULT_BLOCK = {8: 256, 4: 128}  # torchao's AdamW8bit and AdamW4bit
 
@@ -124,266 +153,6 @@ def _is_int(value: Any) -> bool:
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-#: A fast-path buffer's pieces in order: (elements, layout), or ``None`` for
-#: elements kept in float32 (leaves under ``min_size``, the buffer's padding).
-Pieces = tuple[tuple[int, BlockLayout | None], ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantizedArray:
-  """One stored leaf (or fast-path buffer) in a :class:`Quantized` format; a pytree of arrays.
-
-  ``codes`` and ``scales`` may have leading batch dimensions (a state made by
-  ``jax.vmap(tx.init)``); ``logical_shape`` is the shape of one unbatched
-  leaf. The module docstring gives the layout of the arrays.
-
-  Attributes:
-    codes: ``uint8`` codes, ``block`` bytes a row.
-    scales: one per block, bfloat16 (signed) or float32 (unsigned).
-    rest: a fast-path buffer's elements kept in float32, or ``None``.
-    logical_shape: static; the shape of one unbatched leaf.
-    bits: static; 8 or 4.
-    signed: static; the signed map (a first moment) or the unsigned one.
-    layout: static; a leaf's :class:`~adam_optax._block_layout.BlockLayout`.
-    pieces: static; a fast-path buffer's pieces (then ``layout`` is ``None``).
-  """
-
-  codes: chex.Array
-  scales: chex.Array
-  rest: chex.Array | None
-  logical_shape: tuple[int, ...]
-  bits: int
-  signed: bool
-  layout: BlockLayout | None = None
-  pieces: Pieces | None = None
-
-  @property
-  def shape(self) -> tuple[int, ...]:
-    """The shape :func:`decode` returns: batch dimensions, then the leaf's."""
-    unbatched = 1 if self.layout is None else len(self.layout.codes_shape)
-    return tuple(self.codes.shape[: self.codes.ndim - unbatched]) + self.logical_shape
-
-  @property
-  def dtype(self) -> jnp.dtype:
-    """The dtype :func:`decode` returns."""
-    return jnp.dtype(jnp.float32)
-
-  @property
-  def nbytes(self) -> int:
-    """The bytes stored: codes, scales and any float32 rest."""
-    return sum(int(x.nbytes) for x in (self.codes, self.scales, self.rest) if x is not None)
-
-
-def _flatten(x: QuantizedArray) -> tuple[list[tuple[Any, Any]], tuple[Any, ...]]:
-  names = ("codes", "scales") + (("rest",) if x.rest is not None else ())
-  children = [(jax.tree_util.GetAttrKey(name), getattr(x, name)) for name in names]
-  return children, (x.logical_shape, x.bits, x.signed, x.layout, x.pieces, x.rest is not None)
-
-
-def _unflatten(aux: tuple[Any, ...], children: Any) -> QuantizedArray:
-  logical_shape, bits, signed, layout, pieces, has_rest = aux
-  codes, scales, *rest = children
-  rest = rest[0] if has_rest else None
-  return QuantizedArray(codes, scales, rest, logical_shape, bits, signed, layout, pieces)
-
-
-jax.tree_util.register_pytree_with_keys(QuantizedArray, _flatten, _unflatten)
-
-
-def is_quantized(x: Any) -> bool:
-  """Whether ``x`` is a :class:`QuantizedArray` (usable as ``is_leaf=``)."""
-  return isinstance(x, QuantizedArray)
-
-
-def _array(node: Any) -> Any:
-  """The one array inside ``node`` (an array, or a variable wrapping one)."""
-  leaves = jax.tree.leaves(node)
-  return leaves[0] if len(leaves) == 1 else None
-
-
-def _stored_arrays(node: Any) -> dict[str, Any] | None:
-  """The arrays of a stored moment that lost its metadata (a mapping), or ``None``."""
-  named = _fields.children(node)
-  if named is None or set(named) not in ({"codes", "scales"}, {"codes", "scales", "rest"}):
-    return None
-  arrays = {name: _array(child) for name, child in named.items()}
-  codes, scales = arrays["codes"], arrays["scales"]
-  if codes is None or scales is None or jnp.result_type(codes) != jnp.uint8:
-    return None
-  if jnp.result_type(scales) not in (jnp.bfloat16, jnp.float32):
-    return None
-  return arrays
-
-
-def is_stored(x: Any) -> bool:
-  """Whether ``x`` is a stored low-bit moment: a :class:`QuantizedArray` or its mapping form.
-
-  The mapping form is what ``nnx.state`` and a checkpoint restored without a
-  target make of a :class:`QuantizedArray`: a node whose children are named
-  ``codes`` (``uint8``) and ``scales`` (its arrays possibly in variables).
-  Usable as ``is_leaf=``.
-  """
-  return is_quantized(x) or _stored_arrays(x) is not None
-
-
-def as_quantized(stored: Any) -> QuantizedArray:
-  """The :class:`QuantizedArray` of a stored moment, its layout read from its arrays' shapes.
-
-  Args:
-    stored: a :class:`QuantizedArray`, or its mapping form (see :func:`is_stored`).
-
-  Returns:
-    ``stored`` with plain arrays; for a mapping, a leaf of shape
-    ``(*lead, rows * per_row * block)`` or ``(n,)`` (module docstring), any
-    leading dimensions taken as the leaf's.
-
-  Raises:
-    ValueError: for a fast-path buffer's mapping (where its leaves lie is not
-      in the arrays), or arrays that are not a stored moment.
-  """
-  if is_quantized(stored):
-    return unwrapped(stored)
-  arrays = _stored_arrays(stored)
-  if arrays is None:
-    raise ValueError(f"{type(stored).__name__} is not a low-bit moment stored by ao.Quantized.")
-  codes, scales = arrays["codes"], arrays["scales"]
-  if "rest" in arrays or jnp.ndim(codes) < 2:
-    raise ValueError(
-      "a low-bit moment of a fast-path buffer (ao.FlatParams) lost its static metadata "
-      "(nnx.state, or a checkpoint restored without a target): where each leaf lies in "
-      "the buffer is not in its arrays. Restore it into a target, e.g. "
-      "adam_optax.checkpoint.restore_checkpoint(path, target)."
-    )
-  layout = _block_layout.read(jnp.shape(codes), jnp.shape(scales))
-  return QuantizedArray(
-    codes,
-    scales,
-    None,
-    (*layout.lead, layout.size),
-    layout.bits,
-    bool(jnp.result_type(scales) == jnp.bfloat16),
-    layout=layout,
-  )
-
-
-def unwrapped(stored: QuantizedArray) -> QuantizedArray:
-  """``stored`` with its arrays taken out of containers (``nnx.state`` wraps them in variables)."""
-  return dataclasses.replace(
-    stored,
-    codes=jnp.asarray(_array(stored.codes)),
-    scales=jnp.asarray(_array(stored.scales)),
-    rest=None if stored.rest is None else jnp.asarray(_array(stored.rest)),
-  )
-
-
-def _encode_leaf(
-  values: chex.Array, shape: tuple[int, ...], layout: BlockLayout, signed: bool
-) -> tuple[chex.Array, chex.Array]:
-  """Codes and scales of float32 ``values`` (batch dimensions, then ``shape``)."""
-  # The codes are piecewise constant in the values: their derivative is 0
-  # almost everywhere, so no gradient flows through the stored state (the
-  # step's own float32 moments carry it within a step).
-  values = jax.lax.stop_gradient(values).astype(jnp.float32)
-  blocks = _block_layout.to_blocks(values, shape, layout)
-  codes, scales = (_codes.encode_signed if signed else _codes.encode_unsigned)(blocks, layout.bits)
-  outer = blocks.ndim - 2
-  rows = (*codes.shape[:outer], layout.rows, layout.per_row * layout.block)
-  codes = _codes.pack(_block_layout.reshape(codes, rows, outer), layout.bits)
-  if layout.balanced:  # the padding's length, in the shape: zeros after the scales
-    return codes, jnp.pad(scales, [(0, 0)] * outer + [(0, layout.padding)])
-  rows = (*scales.shape[:outer], layout.rows, layout.per_row)
-  return codes, _block_layout.reshape(scales, rows, outer)
-
-
-def _decode_leaf(
-  codes: chex.Array, scales: chex.Array, shape: tuple[int, ...], layout: BlockLayout, signed: bool
-) -> chex.Array:
-  """The inverse of :func:`_encode_leaf` (up to the codebook's rounding)."""
-  outer = codes.ndim - 2
-  codes = _codes.unpack(codes, layout.bits)
-  codes = _block_layout.reshape(codes, (*codes.shape[:outer], layout.blocks, layout.block), outer)
-  if layout.balanced:
-    scales = scales[..., : layout.blocks]
-  else:
-    scales = _block_layout.reshape(scales, (*scales.shape[:outer], layout.blocks), outer)
-  decode = _codes.decode_signed if signed else _codes.decode_unsigned
-  return _block_layout.from_blocks(decode(codes, scales, layout.bits), shape, layout)
-
-
-def _replicated(values: chex.Array) -> chex.Array:
-  """``values`` gathered on its explicit mesh (a fast-path buffer's pieces cross its shards)."""
-  if _block_layout.explicit_spec(values) is None:
-    return values
-  mesh = jax.typeof(values).sharding.mesh
-  return jax.sharding.reshard(
-    values, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  )
-
-
-def _encode_buffer(
-  values: chex.Array, pieces: Pieces, signed: bool
-) -> tuple[chex.Array, chex.Array, chex.Array | None]:
-  """Codes, scales and float32 rest of a fast-path buffer, piece by piece."""
-  values, batch = _replicated(values), values.shape[:-1]
-  codes, scales, rest, start = [], [], [], 0
-  for size, layout in pieces:
-    part, start = values[..., start : start + size], start + size
-    if layout is None:
-      rest.append(part.astype(jnp.float32))
-      continue
-    piece_codes, piece_scales = _encode_leaf(part, (size,), layout, signed)
-    codes.append(piece_codes.reshape(*batch, -1))
-    scales.append(piece_scales.reshape(*batch, -1))
-  flat_rest = jnp.concatenate(rest, axis=-1) if rest else None
-  return jnp.concatenate(codes, axis=-1), jnp.concatenate(scales, axis=-1), flat_rest
-
-
-def _decode_buffer(stored: QuantizedArray) -> chex.Array:
-  """The float32 buffer of :func:`_encode_buffer`'s arrays."""
-  batch = stored.codes.shape[:-1]
-  parts, at = [], {"codes": 0, "scales": 0, "rest": 0}
-
-  def take(name: str, shape: tuple[int, ...]) -> chex.Array:
-    size = math.prod(shape)
-    part = getattr(stored, name)[..., at[name] : at[name] + size]
-    at[name] += size
-    return part.reshape(*batch, *shape)
-
-  for size, layout in stored.pieces:
-    if layout is None:
-      parts.append(take("rest", (size,)))
-      continue
-    codes, scales = take("codes", layout.codes_shape), take("scales", layout.scales_shape)
-    parts.append(_decode_leaf(codes, scales, (size,), layout, stored.signed))
-  return jnp.concatenate(parts, axis=-1)
-
-
-def _buffer_pieces(segments: tuple[int, ...], length: int, fmt: Quantized) -> Pieces:
-  """The pieces of a buffer of ``length`` holding leaves of ``segments`` elements.
-
-  A leaf is stored as the tree path stores it; consecutive pieces that the
-  tree path would store alike are merged, so that a step costs one piece per
-  run (one for 2,000 leaves of 4,096 elements).
-  """
-  padding = length - sum(segments)
-  sizes = list(segments) + ([padding] if padding else [])
-  quantized = [size >= fmt.min_size for size in segments] + ([False] if padding else [])
-  pieces: list[tuple[int, BlockLayout | None]] = []
-  for size, coded in zip(sizes, quantized, strict=True):
-    layout = _block_layout.plan((size,), fmt.bits, fmt.block) if coded else None
-    if pieces and _mergeable(pieces[-1][1], layout):
-      size += pieces.pop()[0]
-      layout = None if layout is None else _block_layout.plan((size,), fmt.bits, fmt.block)
-    pieces.append((size, layout))
-  return tuple(pieces)
-
-
-def _mergeable(previous: BlockLayout | None, layout: BlockLayout | None) -> bool:
-  if previous is None or layout is None:
-    return previous is None and layout is None
-  return not previous.balanced and not layout.balanced
-
-
 def zeros(
   param: chex.Array, fmt: Quantized, *, signed: bool, segments: tuple[int, ...] | None = None
 ) -> QuantizedArray | jax.Array:
@@ -392,7 +161,7 @@ def zeros(
   A :class:`QuantizedArray` for leaves of at least ``fmt.min_size`` elements,
   float32 zeros for smaller ones. Made from ``zeros_like(param)``, so eagerly and
   under ``jit`` the codes follow the param's sharding (see
-  :func:`resharded_spec` for when they cannot).
+  :func:`adam_optax._block_layout.resharded_spec` for when they cannot).
 
   Args:
     param: the parameter leaf (its shape, not its values, is used).
@@ -423,15 +192,17 @@ def zeros(
   values = jnp.zeros_like(param, dtype=jnp.float32)
   shape = tuple(jnp.shape(param))
   if segments is not None:
-    pieces = _buffer_pieces(segments, shape[-1], fmt)
-    if all(layout is None for _, layout in pieces):
+    runs = _stored_blocks.buffer_runs(
+      segments, shape[-1], bits=fmt.bits, block=fmt.block, min_size=fmt.min_size
+    )
+    if all(run.layout is None for run in runs):
       return values
-    codes, scales, rest = _encode_buffer(values, pieces, signed)
-    return QuantizedArray(codes, scales, rest, shape, fmt.bits, signed, pieces=pieces)
+    codes, scales, rest = _stored_blocks.encode_buffer(values, runs, signed)
+    return QuantizedArray(codes, scales, rest, shape, fmt.bits, signed, runs=runs)
   if math.prod(shape) < fmt.min_size:
     return values
   layout = _block_layout.plan(shape, fmt.bits, fmt.block)
-  codes, scales = _encode_leaf(values, shape, layout, signed)
+  codes, scales = _stored_blocks.encode_leaf(values, shape, layout, signed)
   return QuantizedArray(codes, scales, None, shape, fmt.bits, signed, layout=layout)
 
 
@@ -454,10 +225,10 @@ def encode(values: chex.Array, like: QuantizedArray | chex.Array) -> QuantizedAr
   """
   if not is_quantized(like):
     return jnp.asarray(values).astype(like.dtype)
-  if like.pieces is not None:
-    codes, scales, rest = _encode_buffer(values, like.pieces, like.signed)
+  if like.runs is not None:
+    codes, scales, rest = _stored_blocks.encode_buffer(values, like.runs, like.signed)
     return dataclasses.replace(like, codes=codes, scales=scales, rest=rest)
-  codes, scales = _encode_leaf(values, like.logical_shape, like.layout, like.signed)
+  codes, scales = _stored_blocks.encode_leaf(values, like.logical_shape, like.layout, like.signed)
   return dataclasses.replace(like, codes=codes, scales=scales)
 
 
@@ -495,9 +266,11 @@ def decode(stored: QuantizedArray | chex.Array) -> chex.Array:
   """
   if not is_quantized(stored):
     return stored
-  if stored.pieces is not None:
-    return _decode_buffer(stored)
-  return _decode_leaf(
+  if stored.runs is not None:
+    return _stored_blocks.decode_buffer(
+      stored.codes, stored.scales, stored.rest, stored.runs, stored.signed
+    )
+  return _stored_blocks.decode_leaf(
     stored.codes, stored.scales, stored.logical_shape, stored.layout, stored.signed
   )
 
@@ -536,35 +309,3 @@ def dequantize(tree: chex.ArrayTree) -> chex.ArrayTree:
   return jax.tree.map(
     lambda x: decode(as_quantized(x)) if is_stored(x) else x, tree, is_leaf=is_stored
   )
-
-
-def _spec_and_mesh(x: Any) -> tuple[tuple[Any, ...] | None, Any]:
-  """``x``'s partition spec and mesh: explicit axes from its type, else a concrete sharding."""
-  spec = _block_layout.explicit_spec(x)
-  if spec is not None:
-    return spec, jax.typeof(x).sharding.mesh
-  sharding = getattr(x, "sharding", None)
-  if isinstance(sharding, jax.sharding.NamedSharding) and any(sharding.spec):
-    spec = tuple(sharding.spec) + (None,) * (jnp.ndim(x) - len(sharding.spec))
-    return spec, sharding.mesh
-  return None, None
-
-
-def resharded_spec(param: Any, stored: Any) -> tuple[Any, ...] | None:
-  """``param``'s partition spec when ``stored`` (its moment) cannot keep it, else ``None``.
-
-  A leaf keeps its sharding when only its batch and lead dimensions are
-  sharded, or also the first trailing one, with each shard holding whole rows
-  (the module docstring). Otherwise a block would cross two devices, and every
-  step gathers the trailing dimensions first. A fast-path buffer's pieces
-  cross its shards: a sharded buffer is always gathered.
-  """
-  if not is_quantized(stored):
-    return None
-  spec, mesh = _spec_and_mesh(param)
-  if spec is None:
-    return None
-  if stored.layout is None:
-    return spec
-  batch = jnp.ndim(param) - len(stored.logical_shape)
-  return spec if _block_layout.kept_axis(spec, mesh, stored.layout, batch) is False else None

@@ -1,0 +1,168 @@
+"""Codes and scales of a leaf, or of a fast-path buffer, in its block layout.
+
+:func:`encode_leaf` cuts a leaf into the blocks of its
+:class:`~adam_optax._block_layout.BlockLayout` and hands them to the codebooks
+of :mod:`adam_optax._codes`, which see ``(..., blocks, block)`` float32 arrays
+and nothing else; :func:`decode_leaf` is its inverse. A fast-path buffer
+(:class:`adam_optax.flat.FlatParams`) is a run of leaves: :func:`buffer_runs`
+gives each the layout the tree path gives it (and keeps leaves under
+``min_size`` in float32), so that both paths store the same codes and scales,
+and stores neighbours alike as one run, so that a step encodes a few arrays,
+not one per leaf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from adam_optax import _block_layout, _codes
+from adam_optax._block_layout import BlockLayout
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """Neighbouring leaves of a fast-path buffer stored as one; static.
+
+  Attributes:
+    layout: the layout of one of its ``count`` leaves, or ``None`` for
+      elements kept in float32 (leaves under ``min_size``, the buffer's padding).
+    size: elements of one leaf (all of them when ``count`` is 1).
+    count: equal leaves of padded blocks, stacked (1 otherwise).
+  """
+
+  layout: BlockLayout | None
+  size: int
+  count: int = 1
+
+
+#: A fast-path buffer's runs, in buffer order.
+Runs = tuple[Run, ...]
+
+
+def encode_leaf(
+  values: chex.Array, shape: tuple[int, ...], layout: BlockLayout, signed: bool
+) -> tuple[chex.Array, chex.Array]:
+  """Codes and scales of float32 ``values`` (batch dimensions, then ``shape``)."""
+  # The codes are piecewise constant in the values: their derivative is 0
+  # almost everywhere, so no gradient flows through the stored state (the
+  # step's own float32 moments carry it within a step).
+  values = jax.lax.stop_gradient(values).astype(jnp.float32)
+  blocks = _block_layout.to_blocks(values, shape, layout)
+  codes, scales = (_codes.encode_signed if signed else _codes.encode_unsigned)(blocks, layout.bits)
+  outer = blocks.ndim - 2
+  rows = (*codes.shape[:outer], layout.rows, layout.per_row * layout.block)
+  codes = _codes.pack(_block_layout.reshape(codes, rows, outer), layout.bits)
+  if layout.balanced:  # the padding's length, in the shape: zeros after the scales
+    return codes, jnp.pad(scales, [(0, 0)] * outer + [(0, layout.padding)])
+  rows = (*scales.shape[:outer], layout.rows, layout.per_row)
+  return codes, _block_layout.reshape(scales, rows, outer)
+
+
+def decode_leaf(
+  codes: chex.Array, scales: chex.Array, shape: tuple[int, ...], layout: BlockLayout, signed: bool
+) -> chex.Array:
+  """The inverse of :func:`encode_leaf` (up to the codebook's rounding)."""
+  outer = codes.ndim - 2
+  codes = _codes.unpack(codes, layout.bits)
+  codes = _block_layout.reshape(codes, (*codes.shape[:outer], layout.blocks, layout.block), outer)
+  if layout.balanced:
+    scales = scales[..., : layout.blocks]
+  else:
+    scales = _block_layout.reshape(scales, (*scales.shape[:outer], layout.blocks), outer)
+  decode = _codes.decode_signed if signed else _codes.decode_unsigned
+  return _block_layout.from_blocks(decode(codes, scales, layout.bits), shape, layout)
+
+
+def _replicated(values: chex.Array) -> chex.Array:
+  """``values`` gathered on its explicit mesh (a fast-path buffer's pieces cross its shards)."""
+  if _block_layout.explicit_spec(values) is None:
+    return values
+  mesh = jax.typeof(values).sharding.mesh
+  return jax.sharding.reshard(
+    values, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  )
+
+
+def encode_buffer(
+  values: chex.Array, runs: Runs, signed: bool
+) -> tuple[chex.Array, chex.Array, chex.Array | None]:
+  """Codes, scales and float32 rest of a fast-path buffer, run by run (flat arrays)."""
+  values, batch = _replicated(values), values.shape[:-1]
+  codes, scales, rest, start = [], [], [], 0
+  for run in runs:
+    part, start = values[..., start : start + run.count * run.size], start + run.count * run.size
+    if run.layout is None:
+      rest.append(part.astype(jnp.float32))
+      continue
+    part = part.reshape(*batch, run.count, run.size) if run.count > 1 else part
+    run_codes, run_scales = encode_leaf(part, (run.size,), run.layout, signed)
+    codes.append(run_codes.reshape(*batch, -1))
+    scales.append(run_scales.reshape(*batch, -1))
+  flat_rest = jnp.concatenate(rest, axis=-1) if rest else None
+  return jnp.concatenate(codes, axis=-1), jnp.concatenate(scales, axis=-1), flat_rest
+
+
+def decode_buffer(
+  codes: chex.Array, scales: chex.Array, rest: chex.Array | None, runs: Runs, signed: bool
+) -> chex.Array:
+  """The float32 buffer of :func:`encode_buffer`'s arrays."""
+  arrays, batch = {"codes": codes, "scales": scales, "rest": rest}, codes.shape[:-1]
+  at = dict.fromkeys(arrays, 0)
+
+  def take(name: str, shape: tuple[int, ...]) -> chex.Array:
+    size = math.prod(shape)
+    part = arrays[name][..., at[name] : at[name] + size]
+    at[name] += size
+    return part.reshape(*batch, *shape)
+
+  parts = []
+  for run in runs:
+    if run.layout is None:
+      parts.append(take("rest", (run.size,)))
+      continue
+    count = (run.count,) if run.count > 1 else ()
+    run_codes = take("codes", (*count, *run.layout.codes_shape))
+    run_scales = take("scales", (*count, *run.layout.scales_shape))
+    values = decode_leaf(run_codes, run_scales, (run.size,), run.layout, signed)
+    parts.append(values.reshape(*batch, run.count * run.size))
+  return jnp.concatenate(parts, axis=-1)
+
+
+def buffer_runs(
+  segments: tuple[int, ...], length: int, *, bits: int, block: int, min_size: int
+) -> Runs:
+  """How a buffer of ``length`` holding leaves of ``segments`` elements (in order) is stored.
+
+  Each leaf gets the layout the tree path gives it, so that both paths store
+  the same codes and scales, and neighbours are stored as one: leaves of whole
+  rows concatenated (their blocks never cross a leaf), equal leaves of padded
+  blocks stacked, float32 ones concatenated. A buffer laid out largest first
+  (:meth:`adam_optax.flat.Layout.members`) so has a few runs: a model whose
+  large leaves all hold whole rows has two.
+  """
+  runs: list[Run] = []
+  padding = length - sum(segments)
+  for size, coded in [(n, n >= min_size) for n in segments] + [(padding, False)]:
+    layout = _block_layout.plan((size,), bits, block) if coded else None
+    previous = runs[-1] if runs else None
+    if not size:
+      continue
+    if previous is not None and previous.layout is None and layout is None:
+      runs[-1] = Run(None, previous.size + size)
+    elif previous is not None and previous.layout is not None and layout is not None:
+      if not previous.layout.balanced and not layout.balanced:
+        runs[-1] = Run(
+          _block_layout.plan((previous.size + size,), bits, block), previous.size + size
+        )
+      elif layout.balanced and previous.layout == layout:
+        runs[-1] = Run(layout, size, previous.count + 1)
+      else:
+        runs.append(Run(layout, size))
+    else:
+      runs.append(Run(layout, size))
+  return tuple(runs)

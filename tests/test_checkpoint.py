@@ -54,7 +54,7 @@ def _diagnosed(name: str) -> Callable[[], optax.GradientTransformation]:
   return lambda: ours(name, 1e-2, **storage, diagnostics=True)
 
 
-OPTIMIZERS = {  # (optimizer, dtype of the bias)
+ROUND_TRIPS = {  # (optimizer, dtype of the bias)
   # Every optimizer of the matrix, with bfloat16 biases beside a float32 second
   # moment where it takes nu_dtype: dtypes must survive the round trip.
   **{
@@ -71,7 +71,7 @@ OPTIMIZERS = {  # (optimizer, dtype of the bias)
 }
 
 
-@pytest.mark.parametrize(("make_tx", "bias_dtype"), OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+@pytest.mark.parametrize(("make_tx", "bias_dtype"), ROUND_TRIPS.values(), ids=ROUND_TRIPS.keys())
 def test_round_trip_is_exact_and_the_state_stays_usable(
   make_tx: Any, bias_dtype: jnp.dtype, tmp_path: pathlib.Path
 ) -> None:

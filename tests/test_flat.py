@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 from fresh_python import run_python
+from matrix import optimizer, ours
 
 import adam_optax as ao
 from adam_optax.flat import FlatParams, flat_train_step, flatten_params, update_and_apply
@@ -99,13 +100,16 @@ def _per_step_ulp(tx, params):
   return np.asarray(run(params, _gradients(params)))
 
 
-OPTIMIZERS = {
-  "adam": lambda: ao.adam(LEARNING_RATE),
-  "adam-f32-moments": lambda: ao.adam(LEARNING_RATE, mu_dtype=jnp.float32, nu_dtype=jnp.float32),
-  "schedule": lambda: ao.adam(optax.cosine_decay_schedule(LEARNING_RATE, STEPS)),
-  "adamw": lambda: ao.adamw(LEARNING_RATE, weight_decay=0.1),
-  "amsgrad": lambda: ao.amsgrad(LEARNING_RATE),
-  "clip-chain": lambda: optax.chain(optax.clip_by_global_norm(1.0), ao.adam(LEARNING_RATE)),
+# Settings of the optimizers of tests/matrix.py; the clip is the matrix's wrapper.
+SETTINGS = {
+  "adam": lambda: ours("adam", LEARNING_RATE),
+  "adam-f32-moments": lambda: ours(
+    "adam", LEARNING_RATE, mu_dtype=jnp.float32, nu_dtype=jnp.float32
+  ),
+  "schedule": lambda: ours("adam", optax.cosine_decay_schedule(LEARNING_RATE, STEPS)),
+  "adamw": lambda: ours("adamw", LEARNING_RATE, weight_decay=0.1),
+  "amsgrad": lambda: ours("amsgrad", LEARNING_RATE),
+  "clip-chain": lambda: optimizer("adam", "float32", "clip"),
 }
 
 
@@ -123,7 +127,7 @@ OPTIMIZERS = {
   ],
 )
 def test_every_flat_step_is_within_4_ulp_of_tree_adam(kind, optimizer):
-  ulps = _per_step_ulp(OPTIMIZERS[optimizer](), _tree(kind))
+  ulps = _per_step_ulp(SETTINGS[optimizer](), _tree(kind))
   assert ulps.shape == (STEPS,)
   assert ulps.max() <= 4, ulps
 

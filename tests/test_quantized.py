@@ -18,6 +18,7 @@ import pytest
 from fresh_python import run_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from matrix import WITH_STORAGE, ours
 from training import assert_trees_equal, train
 
 import adam_optax as ao
@@ -137,22 +138,24 @@ def test_state_layout_and_reading_it_back(fmt: ao.Quantized) -> None:
   np.testing.assert_allclose(mu["w"], 0.1 * g["w"], rtol=rtol, atol=atol)
 
 
-OPTIMIZERS = {
+def _stored(name: str, fmt: Any) -> optax.GradientTransformation:
+  return ours(name, 1e-2, mu_dtype=fmt, nu_dtype=fmt)
+
+
+# Every optimizer of tests/matrix.py with storage, by format; Adam as its bare chain.
+STORED = {
   "scale_by_moments": lambda f: optax.chain(
     ao.scale_by_moments(mu_dtype=f, nu_dtype=f),
     ao.bias_correct(),
     ao.normalize(),
     ao.scale_by_lr(1e-2),
   ),
-  "adamw": lambda f: ao.adamw(1e-2, mu_dtype=f, nu_dtype=f),
-  "nadam": lambda f: ao.nadam(1e-2, mu_dtype=f, nu_dtype=f),
-  "nadamw": lambda f: ao.nadamw(1e-2, mu_dtype=f, nu_dtype=f),
-  "amsgrad": lambda f: ao.amsgrad(1e-2, mu_dtype=f, nu_dtype=f),
+  **{name: functools.partial(_stored, name) for name in WITH_STORAGE if name != "adam"},
 }
 
 
 @pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
-@pytest.mark.parametrize("make", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+@pytest.mark.parametrize("make", STORED.values(), ids=STORED.keys())
 def test_every_optimizer_takes_quantized_moments(make: Any, fmt: ao.Quantized) -> None:
   params, grads = _params(), _grads(3)
   quantized_run = train(make(fmt), params, make(fmt).init(params), grads)

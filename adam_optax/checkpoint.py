@@ -104,6 +104,14 @@ def _placed(leaf: Any, default: jax.sharding.Sharding) -> Any:
   return struct.update(sharding=conversion.placement(struct) or default)
 
 
+def _abstract(node: Any) -> Any:
+  """An array's metadata as an abstract array, a list of them (a buffer's runs) as a tuple."""
+  if isinstance(node, list):
+    parts = tuple(map(_abstract, node))
+    return parts if parts and all(isinstance(x, jax.ShapeDtypeStruct) for x in parts) else None
+  return jax.ShapeDtypeStruct(node.shape, node.dtype) if hasattr(node, "dtype") else None
+
+
 def _as_saved(node: Any, path: str, wanted: dict[str, Any]) -> Any:
   """The checkpoint's metadata tree as abstract arrays, quantized moments as such.
 
@@ -112,10 +120,8 @@ def _as_saved(node: Any, path: str, wanted: dict[str, Any]) -> Any:
   copied as it is; otherwise its layout is read from its arrays' shapes.
   """
   if isinstance(node, dict):
-    arrays = {
-      k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in node.items() if hasattr(v, "dtype")
-    }
-    if len(arrays) == len(node) and quantized.is_stored(arrays):
+    arrays = {k: _abstract(v) for k, v in node.items()}
+    if all(v is not None for v in arrays.values()) and quantized.is_stored(arrays):
       target = wanted.get(path)
       if quantized.is_quantized(target):
         rebuilt = quantized.QuantizedArray(**arrays, **_static_fields(target))

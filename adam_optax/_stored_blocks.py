@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from adam_optax import _block_layout, _codes
 from adam_optax._block_layout import BlockLayout
+from adam_optax._flat_buffers import gathered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,16 +80,6 @@ def decode_leaf(
   return _block_layout.from_blocks(decode(codes, scales, layout.bits), shape, layout)
 
 
-def _replicated(values: chex.Array) -> chex.Array:
-  """``values`` gathered on its explicit mesh (a fast-path buffer's pieces cross its shards)."""
-  if _block_layout.explicit_spec(values) is None:
-    return values
-  mesh = jax.typeof(values).sharding.mesh
-  return jax.sharding.reshard(
-    values, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  )
-
-
 def encode_buffer(
   values: chex.Array, runs: Runs, signed: bool
 ) -> tuple[tuple[chex.Array, ...], tuple[chex.Array, ...], chex.Array | None]:
@@ -99,7 +90,7 @@ def encode_buffer(
   finds the runs from the arrays' shapes alone; the rest is the float32 run
   that ends the buffer, if any (:func:`buffer_runs`).
   """
-  values, batch = _replicated(values), values.shape[:-1]
+  values, batch = gathered(values), values.shape[:-1]  # its leaves cross its shards
   codes, scales, rest, start = [], [], None, 0
   for run in runs:
     part, start = values[..., start : start + run.count * run.size], start + run.count * run.size

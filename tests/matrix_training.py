@@ -242,14 +242,9 @@ def _nnx(tx: optax.GradientTransformation, path: str, where: Layout, data: list)
     optimizer.update(model, grads)
     return grads
 
-  # nnx.update writes a pytree node of the state back as a mapping of its arrays, so the
-  # state is read in the structure tx.init gave it: the arrays must be the optax state's.
-  structure = jax.tree.structure(nnx.as_pure(optimizer.opt_state))
-
   def arrays() -> tuple[Any, Any]:
     """Params and state as ``Optimizer.update`` hands them to ``tx.update``."""
-    state = jax.tree.unflatten(structure, jax.tree.leaves(nnx.as_pure(optimizer.opt_state)))
-    return nnx.as_pure(nnx.state(model, nnx.Param)), state
+    return nnx.as_pure(nnx.state(model, nnx.Param)), nnx.as_pure(optimizer.opt_state)
 
   run = Run()
   run.record(*arrays())

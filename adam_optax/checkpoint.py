@@ -184,7 +184,7 @@ def _reading(path: pathlib.Path, read: Callable[[], Any]) -> Any:
 
 
 def restore_checkpoint(
-  directory: str | os.PathLike[str], target: chex.ArrayTree, *, allow_drop: bool = False
+  directory: str | os.PathLike[str], target: chex.ArrayTree, *, lossy: bool = False
 ) -> chex.ArrayTree:
   """Reads a checkpoint into the structure, storage formats and shardings of ``target``.
 
@@ -198,9 +198,10 @@ def restore_checkpoint(
   state, and back), every other leaf by path, with the same shape and
   dtype. A moment stored in another format (float32, bfloat16, 8-bit or
   4-bit codes) is read as it was saved and converted into the target's,
-  exactly as :func:`~adam_optax.convert_state` converts it in memory. What
-  does not fit raises, naming the first mismatching path (in orbax's dotted
-  form, ``opt_state.0.mu.w``, which is also the name of its files on disk).
+  exactly as :func:`~adam_optax.convert_state` converts it in memory (into
+  narrower storage only with ``lossy=True``). What does not fit raises,
+  naming the first mismatching path (in orbax's dotted form,
+  ``opt_state.0.mu.w``, which is also the name of its files on disk).
 
   The ``target`` is not modified: its leaves lend their shape, dtype and
   sharding, and the result is a new tree of the target's pytree types.
@@ -227,9 +228,11 @@ def restore_checkpoint(
       ``orbax.checkpoint.StandardCheckpointer``).
     target: a tree like the one saved (arrays or ``jax.ShapeDtypeStruct``),
       possibly of another storage format, or optax's layout for ours.
-    allow_drop: drop saved state the target has no place for (an AMSGrad
-      checkpoint restored into Adam drops ``nu_max``); otherwise that is an
-      error naming it.
+    lossy: allow a restore that loses data, as :func:`~adam_optax.convert_state`
+      says: moments rounded into narrower storage than saved (a float32
+      checkpoint into 8-bit moments), saved state the target has no place
+      for dropped (an AMSGrad checkpoint restored into Adam drops
+      ``nu_max``); otherwise that is an error naming the first such leaf.
 
   Returns:
     The restored tree: the structure, formats and shardings of ``target``
@@ -259,7 +262,7 @@ def restore_checkpoint(
     metadata = _reading(path, lambda: checkpointer.metadata(path))
     saved = _as_saved(metadata.item_metadata.tree, "", dict(_stored_leaves(target)))
     try:
-      plan = conversion.plan(saved, target, allow_drop=allow_drop, source="checkpoint")
+      plan = conversion.plan(saved, target, lossy=lossy, source="checkpoint")
     except ValueError as error:
       raise ValueError(
         f"The checkpoint at {path} does not fit the target; nothing was restored: {error}."

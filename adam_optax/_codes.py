@@ -58,6 +58,8 @@ decoded value is within :math:`\delta` of :math:`x` relatively
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -124,6 +126,31 @@ def _value(k: chex.Array, signed: bool, bits: int) -> chex.Array:
   return jnp.square(k + zero_free).astype(jnp.float32) / float((top + zero_free) ** 2)
 
 
+def _block_max(x: chex.Array) -> chex.Array:
+  """The largest element of each block of non-negative ``x`` (its last axis), exactly.
+
+  On the CPU by :func:`_max_by_slices`; elsewhere XLA fuses a plain max with what feeds it.
+  """
+  return jax.lax.platform_dependent(x, cpu=_max_by_slices, default=lambda x: jnp.max(x, axis=-1))
+
+
+def _max_by_slices(x: chex.Array) -> chex.Array:
+  """:func:`_block_max` as XLA:CPU fuses it with the decoding that feeds it.
+
+  XLA:CPU gives a plain max over a block to a library kernel (YNNPACK), which takes
+  the float maxima before it too but not the decoding, whose result is then written
+  out in full and read back: 4 bytes a parameter per moment, on fresh pages every
+  step. On the float32 bit patterns (int32, ordered as non-negative floats are), the
+  maxima of up to 8 column slices and then a max over the rest stay in XLA's own loop.
+  """
+  bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+  ways = next(w for w in (8, 4, 2, 1) if bits.shape[-1] % w == 0)
+  width = bits.shape[-1] // ways
+  slices = [bits[..., i * width : (i + 1) * width] for i in range(ways)]
+  largest = jnp.max(functools.reduce(jnp.maximum, slices), axis=-1)
+  return jax.lax.bitcast_convert_type(largest, jnp.float32)
+
+
 def _inverse(scale: chex.Array) -> chex.Array:
   """``1 / scale`` as float32, with 1 for all-zero blocks (their values are 0 whatever the scale).
 
@@ -140,7 +167,7 @@ def encode_signed(blocks: chex.Array, bits: int) -> tuple[chex.Array, chex.Array
   rounded scale, so decoding sees the scale encoding saw. Magnitude code 0
   is 0: magnitudes below :math:`c(1)` minus half a code are stored as 0.
   """
-  scale = jnp.max(jnp.abs(blocks), axis=-1).astype(jnp.bfloat16)
+  scale = _block_max(jnp.abs(blocks)).astype(jnp.bfloat16)
   k = _code(jnp.abs(blocks) * _inverse(scale), True, bits)  # over 1 (rounded scale): clipped
   q = jnp.where(blocks < 0, -k, k)
   return q.astype(jnp.int8).view(jnp.uint8), scale
@@ -158,9 +185,8 @@ def decode_signed(codes: chex.Array, scale: chex.Array, bits: int) -> chex.Array
 
 def encode_unsigned(blocks: chex.Array, bits: int) -> tuple[chex.Array, chex.Array]:
   """Codes and float32 scales of the zero-free square-root map (values >= 0)."""
-  root = jnp.sqrt(blocks)
-  scale = jnp.max(root, axis=-1)
-  k = _code(root * _inverse(scale), False, bits)
+  scale = jnp.sqrt(_block_max(blocks))  # the largest root, as sqrt is monotone
+  k = _code(jnp.sqrt(blocks) * _inverse(scale), False, bits)
   return k.astype(jnp.uint8), scale
 
 
@@ -182,4 +208,7 @@ def unpack(packed: chex.Array, bits: int) -> chex.Array:
   """The inverse of :func:`pack`."""
   if bits == 8:
     return packed
-  return jnp.concatenate([packed & 0xF, packed >> 4], axis=-1)
+  # Low and high nibbles stacked on a new axis, not concatenated on the last one,
+  # which XLA:CPU would write out whole instead of fusing it with the decoding.
+  halves = jnp.stack([packed & 0xF, packed >> 4], axis=-2)
+  return halves.reshape(*packed.shape[:-1], 2 * packed.shape[-1])

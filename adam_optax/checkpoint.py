@@ -101,7 +101,12 @@ def _placed(leaf: Any, default: jax.sharding.Sharding) -> Any:
   struct = ocp.utils.to_shape_dtype_struct(leaf)
   if not isinstance(struct, jax.ShapeDtypeStruct):
     return struct
-  return struct.update(sharding=conversion.placement(struct) or default)
+  return _on(struct, conversion.placement(struct) or default)
+
+
+def _on(struct: jax.ShapeDtypeStruct, sharding: jax.sharding.Sharding) -> jax.ShapeDtypeStruct:
+  """``struct`` with ``sharding`` (``ShapeDtypeStruct.update`` is newer than jax 0.5.3)."""
+  return jax.ShapeDtypeStruct(struct.shape, struct.dtype, sharding=sharding)
 
 
 def _abstract(node: Any) -> Any:
@@ -151,18 +156,16 @@ def _read_as(plan: conversion.Plan, saved: Any, target: Any, default: Any) -> An
 
   def read(index: int, leaf: Any) -> Any:
     if index not in uses:  # dropped; orbax reads every leaf of the tree it is given
-      return jax.tree.map(lambda s: s.update(sharding=default), leaf)
+      return jax.tree.map(lambda s: _on(s, default), leaf)
     kind, wanted = uses[index]
     if kind == "copy":
-      return jax.tree.map(
-        lambda s, w: s.update(sharding=conversion.placement(w) or default), leaf, wanted
-      )
+      return jax.tree.map(lambda s, w: _on(s, conversion.placement(w) or default), leaf, wanted)
     sharding = conversion.placement(jax.tree.leaves(wanted)[0]) or default
     if isinstance(sharding, jax.sharding.NamedSharding):
       sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
     elif len(sharding.device_set) > 1:
       sharding = default
-    return jax.tree.map(lambda s: s.update(sharding=sharding), leaf)
+    return jax.tree.map(lambda s: _on(s, sharding), leaf)
 
   return treedef.unflatten([read(i, leaf) for i, leaf in enumerate(leaves)])
 

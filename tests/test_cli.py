@@ -9,6 +9,7 @@ import importlib
 from pathlib import Path
 
 import pytest
+from fresh_python import run_python
 
 import adam_optax as ao
 from adam_optax import cli
@@ -34,6 +35,25 @@ def test_top_level_help_describes_every_subcommand(capsys):
   description = capsys.readouterr().out.split("\n\n")[1]
   for name in SUBCOMMANDS:
     assert f"{name} " in description, name
+
+
+def test_importing_the_package_and_the_command_s_help_leave_jax_unimported():
+  # A newcomer's first command answers at once, and a Ctrl-C during it is no JAX traceback.
+  code = (
+    "import sys\n"
+    "import adam_optax as ao\n"
+    "from adam_optax import cli\n"
+    "try:\n"
+    "  cli.main(['--help'])\n"
+    "except SystemExit:\n"
+    "  pass\n"
+    "print('jax' in sys.modules, len(ao.__all__))\n"
+    "ao.adam\n"
+    "print('jax' in sys.modules)\n"
+  )
+  result = run_python(["-c", code])
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines()[-2:] == [f"False {len(ao.__all__)}", "True"]
 
 
 def test_version_prints_the_package_version(capsys):

@@ -133,3 +133,28 @@ def test_the_signed_map_keeps_signs_and_zeros_and_the_unsigned_map_has_no_zero(
   else:
     decoded = np.asarray(round_trip(jnp.float32(1e30), jnp.asarray(tiny))[1])
     assert np.all(decoded > 0)  # even 0 decodes to the floor, which only shortens a step
+
+
+@pytest.mark.parametrize("block", [256, 128, 100, 7])
+def test_the_cpu_block_max_is_the_max(block: int) -> None:
+  # _block_max takes the CPU formulation on the CPU and a plain max elsewhere: the two
+  # must give the same bits (zeros, subnormals, infinities and ties included).
+  rng = np.random.default_rng(block)
+  x = (10.0 ** rng.uniform(-45, 38, (64, block))).astype(np.float32)
+  x[rng.random(x.shape) < 0.2] = 0.0
+  x[3] = 0.0
+  x[5, 1] = np.inf
+  x[7] = x[7, 0]
+  got = np.asarray(jax.jit(_codes._max_by_slices)(jnp.asarray(x)))
+  np.testing.assert_array_equal(got.view(np.int32), x.max(-1).view(np.int32))
+  np.testing.assert_array_equal(np.asarray(jax.jit(_codes._block_max)(jnp.asarray(x))), got)
+
+
+@pytest.mark.parametrize(("signed", "bits"), MAPS, ids=IDS)
+def test_encoding_lowers_for_the_gpu_with_a_plain_max(signed: bool, bits: int) -> None:
+  encode = _codes.encode_signed if signed else _codes.encode_unsigned
+  blocks = jax.ShapeDtypeStruct((64, 256), jnp.float32)
+  traced = jax.jit(encode, static_argnums=1).trace(blocks, bits)
+  text = traced.lower(lowering_platforms=("cuda",)).as_text()
+  assert "stablehlo.reduce" in text
+  assert "stablehlo.slice" not in text  # the CPU's slices are not in the GPU's program

@@ -127,11 +127,13 @@ def test_getting_started_states_the_declared_minimum_versions():
   project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
   dependencies = project["dependencies"]
   bounds = dict(re.fullmatch(r"([\w.-]+)>=([\w.]+)", d).groups() for d in dependencies)
-  assert set(bounds) == {"jax", "optax", "chex", "numpy"}
+  assert set(bounds) == {"jax", "optax", "chex", "numpy", "lazy_loader"}
   (checkpoint,) = project["optional-dependencies"]["checkpoint"]
   bounds["orbax"] = re.fullmatch(r"orbax-checkpoint>=([\w.]+)", checkpoint).group(1)
   page = " ".join((ROOT / "docs" / "getting_started.md").read_text().split())
-  stated = "JAX {jax}, optax {optax}, chex {chex} and NumPy {numpy} or newer".format(**bounds)
+  stated = (
+    "JAX {jax}, optax {optax}, chex {chex}, NumPy {numpy} and lazy_loader {lazy_loader} or newer"
+  ).format(**bounds)
   assert stated in page
   assert "orbax-checkpoint {orbax} or newer".format(**bounds) in page
 

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from adam_optax import _block_layout
+
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
@@ -77,6 +79,16 @@ class Layout:
     )
 
 
+def gathered(buffer: chex.Array) -> chex.Array:
+  """``buffer`` whole on every device of its mesh when its axes are explicit; else itself."""
+  if _block_layout.explicit_spec(buffer) is None:
+    return buffer
+  mesh = jax.typeof(buffer).sharding.mesh
+  return jax.sharding.reshard(
+    buffer, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class FlatParams:
   r"""A pytree of parameters stored as one 1-D buffer per dtype.
@@ -113,10 +125,15 @@ class FlatParams:
 
     Inside ``jit`` the slices are views fused into their consumers, and the
     gradient with respect to the buffers of a function of this tree is one
-    concatenation per buffer.
+    concatenation per buffer. A buffer split over a mesh of explicit axes
+    (:func:`jax.make_mesh`'s default) is first gathered whole, in one
+    collective per buffer, as a data-parallel forward pass gathers its
+    params: its leaves cross its shards, and JAX refuses to slice a split
+    dimension into pieces the devices do not divide. The gradient goes back
+    split like the buffer.
     """
     leaves: list[Any] = [None] * len(self.layout.shapes)
-    for index, buffer in enumerate(self.buffers):
+    for index, buffer in enumerate(map(gathered, self.buffers)):
       members = self.layout.members(index)
       sizes = [math.prod(self.layout.shapes[i]) for i in members]
       pieces = lax.split(buffer, [*sizes, buffer.shape[0] - sum(sizes)])

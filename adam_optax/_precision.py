@@ -16,17 +16,22 @@
 * Low-bit storage: a storage "dtype" may be an :class:`adam_optax.Quantized`
   format; such a moment is stored as a :class:`~adam_optax.quantized.QuantizedArray`,
   decoded to float32 by :func:`upcast` and encoded again by :func:`cast_like`.
-  A piece that owns a stored moment takes it through :func:`adopt` first, so
-  that one whose static metadata was lost (``nnx.Optimizer`` writes its state
-  back through ``nnx.state``, which turns it into a ``{"codes", "scales"}``
-  mapping) steps exactly as the original, and is handed back in the form it
-  came in.
+  The low-bit moment of a param in a Flax NNX variable is kept outside the
+  variable (:func:`zeros`), so that ``nnx.Optimizer``, which writes every new
+  state back through ``nnx.state``, updates its arrays in place and the state
+  keeps its tree structure from the first step (the step compiles once). A
+  piece that owns a stored moment takes it through :func:`adopt` first, so
+  that one in another form (outside its variable; or a ``{"codes",
+  "scales"}`` mapping, its static metadata lost in a checkpoint restored
+  without a target) steps exactly as the original, and is handed back in the
+  form it came in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -102,6 +107,12 @@ def real_dtype(dtype: DTypeLike) -> np.dtype:
   return jnp.finfo(dtype).dtype
 
 
+def _is_variable(x: Any) -> bool:
+  """Whether ``x`` is a Flax NNX variable (a box around one array), without importing Flax."""
+  nnx = sys.modules.get("flax.nnx")
+  return nnx is not None and isinstance(x, nnx.Variable)
+
+
 def zeros(
   params: chex.ArrayTree, dtype: DTypeLike | quantized.Quantized | None, *, real: bool = False
 ) -> chex.ArrayTree:
@@ -111,6 +122,15 @@ def zeros(
   non-negative, so a :class:`~adam_optax.Quantized` format stores it with the
   unsigned, zero-free map; a fast-path :class:`~adam_optax.flat.FlatParams`
   has each of its buffers stored leaf by leaf, as the tree would be.
+
+  A moment is boxed as its param is (a param in an ``nnx.Param`` has its
+  moment in an ``nnx.Param``), except a low-bit one: a
+  :class:`~adam_optax.quantized.QuantizedArray` sits where the param's
+  variable does, its arrays unboxed. ``nnx.Optimizer`` boxes every array of
+  the state in a variable and writes each step's new state back through
+  ``nnx.state``, which would turn a QuantizedArray *inside* a variable into a
+  mapping of its arrays: another tree, and a second compilation of the step.
+  Outside, its arrays are the variables, updated in place.
   """
 
   def leaf(p: chex.Array) -> chex.Array:
@@ -121,6 +141,9 @@ def zeros(
     return jnp.zeros_like(p, dtype=real_dtype(storage) if real else storage)
 
   def node(p: Any) -> Any:
+    if _is_variable(p) and isinstance(dtype, quantized.Quantized):
+      stored = leaf(jax.tree.leaves(p)[0])
+      return stored if quantized.is_quantized(stored) else jax.tree.map(leaf, p)
     if not (isinstance(p, FlatParams) and isinstance(dtype, quantized.Quantized)):
       return jax.tree.map(leaf, p)
     layout = p.layout
@@ -135,23 +158,25 @@ def zeros(
     )
     return FlatParams(buffers, layout)
 
-  return jax.tree.map(node, params, is_leaf=lambda x: isinstance(x, FlatParams))
+  return jax.tree.map(node, params, is_leaf=lambda x: isinstance(x, FlatParams) or _is_variable(x))
 
 
 def adopt(
   stored: chex.ArrayTree, like: chex.ArrayTree, storage: Storage | None, *, real: bool = False
 ) -> tuple[chex.ArrayTree, Callable[[chex.ArrayTree], chex.ArrayTree]]:
-  """A stored moment with its low-bit leaves as QuantizedArrays, and how to give it back.
+  """A stored moment in the gradients' tree, low-bit leaves as QuantizedArrays; and the way back.
 
-  ``nnx.Optimizer.update`` writes the new state back through ``nnx.state``,
-  which turns a :class:`~adam_optax.quantized.QuantizedArray` into a mapping
-  of its arrays, and a checkpoint restored without a target does the same.
-  The piece that owns the moment knows its format (``storage``) and the
-  params' shapes (``like``: the gradients), so the metadata is rebuilt
-  exactly as ``init`` made it, at trace time. The function returned puts a new
-  stored moment back in the form each leaf came in, so that the state keeps
-  its tree structure from step to step (as ``optax.apply_if_finite`` and
-  ``optax.MultiSteps`` need).
+  A state may hold a low-bit moment in another form than the gradients'
+  tree of QuantizedArrays: outside the variable its param is in (:func:`zeros`
+  puts it there when ``tx.init`` is given ``nnx.Param`` variables, as in a
+  plain optax loop over ``nnx.state(model, nnx.Param)``), or as a mapping of
+  its arrays (a checkpoint restored without a target, an ``nnx.state`` of
+  the optimizer). The piece that owns the moment knows its format
+  (``storage``) and the params' shapes (``like``: the gradients), so the
+  metadata is rebuilt exactly as ``init`` made it, at trace time. The
+  function returned puts a new moment back in the form the state held it
+  in, so that the state keeps its tree structure from step to step (as
+  ``jit`` caches, ``optax.apply_if_finite`` and ``optax.MultiSteps`` need).
 
   Args:
     stored: the moment as the state holds it.
@@ -160,20 +185,22 @@ def adopt(
     real: a non-negative moment (unsigned map).
 
   Returns:
-    ``(moment, back)``: ``stored`` with QuantizedArrays, and ``back(new)``.
-    Where ``stored`` does not fit ``like``, it is returned unchanged (the
-    gradient check then names the mismatch).
+    ``(moment, back)``: ``stored`` in ``like``'s tree with QuantizedArrays,
+    and ``back(new)``. Where ``stored`` does not fit ``like``, it is returned
+    unchanged (the gradient check then names the mismatch).
 
   Raises:
     ValueError: when a mapping's arrays do not have the shapes ``storage``
       gives that leaf, naming the leaf's path.
   """
   unchanged = (stored, lambda new: new)
-  leaves = jax.tree.leaves(stored, is_leaf=quantized.is_stored)
-  if not any(quantized.is_stored(x) and not quantized.is_quantized(x) for x in leaves):
-    return unchanged
   if not isinstance(storage, quantized.Quantized):
     return unchanged
+  if jax.tree.structure(stored, is_leaf=quantized.is_stored) == jax.tree.structure(like) and all(
+    quantized.is_quantized(x) or not quantized.is_stored(x)
+    for x in jax.tree.leaves(stored, is_leaf=quantized.is_stored)
+  ):
+    return unchanged  # as a plain optax loop holds it
   skeleton = jax.eval_shape(lambda tree: zeros(tree, storage, real=real), like)
 
   try:  # does ``stored`` have the params' structure, low-bit leaves in any form?
@@ -198,18 +225,25 @@ def adopt(
   adopted = jax.tree_util.tree_map_with_path(
     rebuild, skeleton, stored, is_leaf=quantized.is_quantized
   )
+  # One stored leaf per gradient leaf, whatever boxes either is in.
+  moment = jax.tree.unflatten(
+    jax.tree.structure(like), jax.tree.leaves(adopted, is_leaf=quantized.is_quantized)
+  )
+  forms, treedef = jax.tree.flatten(stored, is_leaf=quantized.is_stored)
 
   def back(new: chex.ArrayTree) -> chex.ArrayTree:
-    def form(skeleton_leaf: Any, leaf: Any, new_leaf: Any) -> Any:
-      if not quantized.is_quantized(skeleton_leaf) or quantized.is_quantized(leaf):
+    def form(old: Any, new_leaf: Any) -> Any:
+      if not quantized.is_stored(old) or quantized.is_quantized(old):
         return new_leaf
-      treedef = jax.tree_util.tree_structure(leaf, is_leaf=lambda c: c is not leaf)
-      names = list(_fields.children(leaf))
-      return jax.tree_util.tree_unflatten(treedef, [getattr(new_leaf, name) for name in names])
+      children = jax.tree_util.tree_structure(old, is_leaf=lambda c: c is not old)
+      return jax.tree_util.tree_unflatten(
+        children, [getattr(new_leaf, name) for name in _fields.children(old)]
+      )
 
-    return jax.tree.map(form, skeleton, stored, new, is_leaf=quantized.is_quantized)
+    new_leaves = jax.tree.leaves(new, is_leaf=quantized.is_quantized)
+    return treedef.unflatten([form(*pair) for pair in zip(forms, new_leaves, strict=True)])
 
-  return adopted, back
+  return moment, back
 
 
 def warn_if_resharded(params: chex.ArrayTree, stored: chex.ArrayTree) -> None:
@@ -242,10 +276,14 @@ def warn_if_resharded(params: chex.ArrayTree, stored: chex.ArrayTree) -> None:
       "low-bit moments would cross its shards, so every step gathers them and each "
       f"device holds the whole moment. To keep the sharding, {fix}",
       UserWarning,
-      stacklevel=3,
+      # One place for every moment of the leaf (mu, nu, nu_max): Python's default
+      # filter shows the warning once.
+      stacklevel=2,
     )
 
-  jax.tree_util.tree_map_with_path(check, params, stored)
+  leaves = jax.tree.leaves(stored, is_leaf=quantized.is_quantized)
+  for (path, param), leaf in zip(jax.tree_util.tree_leaves_with_path(params), leaves, strict=True):
+    check(path, param, leaf)
 
 
 def update_dtypes(grads: chex.ArrayTree, mu: chex.ArrayTree, nu: chex.ArrayTree) -> chex.ArrayTree:

@@ -8,13 +8,14 @@ and nothing else; :func:`decode_leaf` is its inverse. A fast-path buffer
 gives each the layout the tree path gives it (and keeps leaves under
 ``min_size`` in float32), so that both paths store the same codes and scales,
 and stores neighbours alike as one run, so that a step encodes a few arrays,
-not one per leaf.
+not one per leaf: codes and scales per run, shaped as a stack of its leaves so
+that :func:`read_runs` finds the runs from the shapes alone, and one float32
+rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import chex
 import jax
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 
 from adam_optax import _block_layout, _codes
 from adam_optax._block_layout import BlockLayout
+from adam_optax._flat_buffers import gathered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,69 +93,81 @@ def decode_leaf(
   return _block_layout.from_blocks(decode(codes, scales, layout.bits), shape, layout)
 
 
-def _replicated(values: chex.Array) -> chex.Array:
-  """``values`` gathered on its explicit mesh (a fast-path buffer's pieces cross its shards)."""
-  if _block_layout.explicit_spec(values) is None:
-    return values
-  mesh = jax.typeof(values).sharding.mesh
-  return jax.sharding.reshard(
-    values, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  )
-
-
 def encode_buffer(
   values: chex.Array, runs: Runs, signed: bool, scale_from: chex.Array | None = None
-) -> tuple[chex.Array, chex.Array, chex.Array | None]:
-  """Codes, scales and float32 rest of a fast-path buffer, run by run (flat arrays).
+) -> tuple[tuple[chex.Array, ...], tuple[chex.Array, ...], chex.Array | None]:
+  """Codes and scales of each coded run of a fast-path buffer, and its float32 rest.
 
-  ``scale_from`` as for :func:`encode_leaf`.
+  A run's codes and scales are those of a stack of ``count`` leaves of its
+  layout (``(*batch, count, *layout.codes_shape)``), so that :func:`read_runs`
+  finds the runs from the arrays' shapes alone; the rest is the float32 run
+  that ends the buffer, if any (:func:`buffer_runs`). ``scale_from`` as for
+  :func:`encode_leaf`.
   """
   batch = values.shape[:-1]
-  values = _replicated(values)
-  again = None if scale_from is None else _replicated(scale_from)
-  codes, scales, rest, start = [], [], [], 0
+  values = gathered(values)  # its leaves cross its shards
+  again = None if scale_from is None else gathered(scale_from)
+  codes, scales, rest, start = [], [], None, 0
   for run in runs:
     span = slice(start, start + run.count * run.size)
     start = span.stop
     part = values[..., span]
     if run.layout is None:
-      rest.append(part.astype(jnp.float32))
+      rest = part.astype(jnp.float32)
       continue
-    part_again = None if again is None else again[..., span]
-    if run.count > 1:
-      part = part.reshape(*batch, run.count, run.size)
-      part_again = None if again is None else part_again.reshape(part.shape)
+    part = part.reshape(*batch, run.count, run.size)
+    part_again = None if again is None else again[..., span].reshape(part.shape)
     run_codes, run_scales = encode_leaf(part, (run.size,), run.layout, signed, part_again)
-    codes.append(run_codes.reshape(*batch, -1))
-    scales.append(run_scales.reshape(*batch, -1))
-  flat_rest = jnp.concatenate(rest, axis=-1) if rest else None
-  return jnp.concatenate(codes, axis=-1), jnp.concatenate(scales, axis=-1), flat_rest
+    codes.append(run_codes)
+    scales.append(run_scales)
+  return tuple(codes), tuple(scales), rest
 
 
 def decode_buffer(
-  codes: chex.Array, scales: chex.Array, rest: chex.Array | None, runs: Runs, signed: bool
+  codes: tuple[chex.Array, ...],
+  scales: tuple[chex.Array, ...],
+  rest: chex.Array | None,
+  runs: Runs,
+  signed: bool,
 ) -> chex.Array:
   """The float32 buffer of :func:`encode_buffer`'s arrays."""
-  arrays, batch = {"codes": codes, "scales": scales, "rest": rest}, codes.shape[:-1]
-  at = dict.fromkeys(arrays, 0)
-
-  def take(name: str, shape: tuple[int, ...]) -> chex.Array:
-    size = math.prod(shape)
-    part = arrays[name][..., at[name] : at[name] + size]
-    at[name] += size
-    return part.reshape(*batch, *shape)
-
-  parts = []
+  batch, coded, parts = codes[0].shape[:-3], iter(zip(codes, scales, strict=True)), []
   for run in runs:
     if run.layout is None:
-      parts.append(take("rest", (run.size,)))
+      parts.append(rest)
       continue
-    count = (run.count,) if run.count > 1 else ()
-    run_codes = take("codes", (*count, *run.layout.codes_shape))
-    run_scales = take("scales", (*count, *run.layout.scales_shape))
+    run_codes, run_scales = next(coded)
     values = decode_leaf(run_codes, run_scales, (run.size,), run.layout, signed)
     parts.append(values.reshape(*batch, run.count * run.size))
   return jnp.concatenate(parts, axis=-1)
+
+
+def read_runs(
+  codes_shapes: tuple[tuple[int, ...], ...],
+  scales_shapes: tuple[tuple[int, ...], ...],
+  rest_shape: tuple[int, ...] | None,
+) -> Runs:
+  """The runs of a buffer stored by :func:`encode_buffer`, from its arrays' shapes alone.
+
+  Raises:
+    ValueError: when the shapes are not those of a buffer's runs.
+  """
+  runs, batch = [], {tuple(shape[:-3]) for shape in codes_shapes}
+  for codes, scales in zip(codes_shapes, scales_shapes, strict=True):
+    kept = 2 if len(scales) == len(codes) else 1  # rows of blocks, or equal padded blocks
+    if len(codes) < 3 or len(scales) != len(codes) + kept - 2:
+      raise ValueError(
+        f"codes of shape {tuple(codes)} and scales of shape {tuple(scales)} are not a run "
+        "of a fast-path buffer stored by ao.Quantized."
+      )
+    layout = _block_layout.read(codes[-2:], scales[len(scales) - kept :])
+    runs.append(Run(layout, layout.size, codes[-3]))
+  if rest_shape is not None:
+    batch.add(tuple(rest_shape[:-1]))
+    runs.append(Run(None, rest_shape[-1]))
+  if len(batch) > 1:
+    raise ValueError(f"the runs of a fast-path buffer disagree on their batch dimensions: {batch}.")
+  return tuple(runs)
 
 
 def buffer_runs(
@@ -165,8 +179,12 @@ def buffer_runs(
   the same codes and scales, and neighbours are stored as one: leaves of whole
   rows concatenated (their blocks never cross a leaf), equal leaves of padded
   blocks stacked, float32 ones concatenated. A buffer laid out largest first
-  (:meth:`adam_optax.flat.Layout.members`) so has a few runs: a model whose
-  large leaves all hold whole rows has two.
+  (:meth:`adam_optax.flat.Layout.members`) so has a few runs, and the
+  float32 one (leaves under ``min_size``, then the padding) last: a model
+  whose large leaves all hold whole rows has two.
+
+  Raises:
+    ValueError: when a leaf of at least ``min_size`` follows a smaller one.
   """
   runs: list[Run] = []
   padding = length - sum(segments)
@@ -175,6 +193,11 @@ def buffer_runs(
     previous = runs[-1] if runs else None
     if not size:
       continue
+    if coded and any(run.layout is None for run in runs):
+      raise ValueError(
+        f"a fast-path buffer holds a leaf of {size} elements after one under min_size="
+        f"{min_size}: its leaves must come largest first (ao.flatten_params lays them out so)."
+      )
     if previous is not None and previous.layout is None and layout is None:
       runs[-1] = Run(None, previous.size + size)
     elif previous is not None and previous.layout is not None and layout is not None:

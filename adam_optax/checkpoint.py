@@ -109,6 +109,14 @@ def _on(struct: jax.ShapeDtypeStruct, sharding: jax.sharding.Sharding) -> jax.Sh
   return jax.ShapeDtypeStruct(struct.shape, struct.dtype, sharding=sharding)
 
 
+def _abstract(node: Any) -> Any:
+  """An array's metadata as an abstract array, a list of them (a buffer's runs) as a tuple."""
+  if isinstance(node, list):
+    parts = tuple(map(_abstract, node))
+    return parts if parts and all(isinstance(x, jax.ShapeDtypeStruct) for x in parts) else None
+  return jax.ShapeDtypeStruct(node.shape, node.dtype) if hasattr(node, "dtype") else None
+
+
 def _as_saved(node: Any, path: str, wanted: dict[str, Any]) -> Any:
   """The checkpoint's metadata tree as abstract arrays, quantized moments as such.
 
@@ -117,10 +125,8 @@ def _as_saved(node: Any, path: str, wanted: dict[str, Any]) -> Any:
   copied as it is; otherwise its layout is read from its arrays' shapes.
   """
   if isinstance(node, dict):
-    arrays = {
-      k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in node.items() if hasattr(v, "dtype")
-    }
-    if len(arrays) == len(node) and quantized.is_stored(arrays):
+    arrays = {k: _abstract(v) for k, v in node.items()}
+    if all(v is not None for v in arrays.values()) and quantized.is_stored(arrays):
       target = wanted.get(path)
       if quantized.is_quantized(target):
         rebuilt = quantized.QuantizedArray(**arrays, **_static_fields(target))
@@ -181,7 +187,7 @@ def _reading(path: pathlib.Path, read: Callable[[], Any]) -> Any:
 
 
 def restore_checkpoint(
-  directory: str | os.PathLike[str], target: chex.ArrayTree, *, allow_drop: bool = False
+  directory: str | os.PathLike[str], target: chex.ArrayTree, *, lossy: bool = False
 ) -> chex.ArrayTree:
   """Reads a checkpoint into the structure, storage formats and shardings of ``target``.
 
@@ -195,9 +201,10 @@ def restore_checkpoint(
   state, and back), every other leaf by path, with the same shape and
   dtype. A moment stored in another format (float32, bfloat16, 8-bit or
   4-bit codes) is read as it was saved and converted into the target's,
-  exactly as :func:`~adam_optax.convert_state` converts it in memory. What
-  does not fit raises, naming the first mismatching path (in orbax's dotted
-  form, ``opt_state.0.mu.w``, which is also the name of its files on disk).
+  exactly as :func:`~adam_optax.convert_state` converts it in memory (into
+  narrower storage only with ``lossy=True``). What does not fit raises,
+  naming the first mismatching path (in orbax's dotted form,
+  ``opt_state.0.mu.w``, which is also the name of its files on disk).
 
   The ``target`` is not modified: its leaves lend their shape, dtype and
   sharding, and the result is a new tree of the target's pytree types.
@@ -224,9 +231,11 @@ def restore_checkpoint(
       ``orbax.checkpoint.StandardCheckpointer``).
     target: a tree like the one saved (arrays or ``jax.ShapeDtypeStruct``),
       possibly of another storage format, or optax's layout for ours.
-    allow_drop: drop saved state the target has no place for (an AMSGrad
-      checkpoint restored into Adam drops ``nu_max``); otherwise that is an
-      error naming it.
+    lossy: allow a restore that loses data, as :func:`~adam_optax.convert_state`
+      says: moments rounded into narrower storage than saved (a float32
+      checkpoint into 8-bit moments), saved state the target has no place
+      for dropped (an AMSGrad checkpoint restored into Adam drops
+      ``nu_max``); otherwise that is an error naming the first such leaf.
 
   Returns:
     The restored tree: the structure, formats and shardings of ``target``
@@ -256,7 +265,7 @@ def restore_checkpoint(
     metadata = _reading(path, lambda: checkpointer.metadata(path))
     saved = _as_saved(metadata.item_metadata.tree, "", dict(_stored_leaves(target)))
     try:
-      plan = conversion.plan(saved, target, allow_drop=allow_drop, source="checkpoint")
+      plan = conversion.plan(saved, target, lossy=lossy, source="checkpoint")
     except ValueError as error:
       raise ValueError(
         f"The checkpoint at {path} does not fit the target; nothing was restored: {error}."

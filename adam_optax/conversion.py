@@ -214,20 +214,46 @@ def _convertible(a: Any, b: Any) -> bool:
   return same and complex_a == complex_b and inexact
 
 
-def plan(state: Any, like: Any, *, allow_drop: bool = False, source: str = "state") -> Plan:
+def decoded_dtype(leaf: Any) -> np.dtype:
+  """The dtype a stored leaf is read back in: float32 for a quantized moment, else its own."""
+  return np.dtype(jnp.float32) if quantized.is_quantized(leaf) else shape_dtype(leaf)[1]
+
+
+def rounding(stored: Any, target: Any) -> str | None:
+  """How much storing moment ``stored`` as ``target`` rounds each value; ``None`` if exactly.
+
+  Exact when the target's dtype holds every value of the stored leaf decoded,
+  i.e. the decoded dtype promotes to it (bfloat16 or codes to float32); a
+  quantized target holds exactly only its own format (a copy). Otherwise the
+  relative bound, for values inside the target's range: ``quantized.relative_error``
+  of a quantized target, half an ulp of a dtype (``2^-8`` for bfloat16).
+  """
+  if same_format(stored, target):
+    return None
+  if quantized.is_quantized(target):
+    return f"{quantized.relative_error(target):.3g} of it (quantized.relative_error, in range)"
+  dtype = shape_dtype(target)[1]
+  if jnp.promote_types(decoded_dtype(stored), dtype) == dtype:
+    return None
+  return f"2^-{jnp.finfo(dtype).nmant + 1} of it (half an ulp of {dtype.name}, in range)"
+
+
+def plan(state: Any, like: Any, *, lossy: bool = False, source: str = "state") -> Plan:
   """Matches the leaves of ``like`` with those of ``state``; raises naming the first misfit.
 
   Args:
     state: the state to convert (arrays or ``jax.ShapeDtypeStruct``).
     like: the target's layout (arrays or ``jax.ShapeDtypeStruct``).
-    allow_drop: allow state that the target has no place for to be dropped.
+    lossy: allow a conversion that loses data: moments rounded into narrower
+      storage, state that the target has no place for dropped.
     source: what ``state`` is called in messages ("state", "checkpoint").
 
   Returns:
     The :class:`Plan` of :func:`apply`.
 
   Raises:
-    ValueError: a one-line clause naming the first path that does not fit.
+    ValueError: a one-line clause naming the first path that does not fit,
+      or, without ``lossy``, the first one whose data would be lost.
   """
   have, want = _Layout.of(state), _Layout.of(like)
   index = {place: i for i, place in enumerate(have.places)}
@@ -239,6 +265,12 @@ def plan(state: Any, like: Any, *, allow_drop: bool = False, source: str = "stat
     elif same_format(have.leaves[i], leaf):
       rules.append(Rule("copy", i))
     elif owner[0] == "field" and owner[2] in _STORED and _convertible(have.leaves[i], leaf):
+      bound = rounding(have.leaves[i], leaf)
+      if bound is not None and not lossy:
+        raise ValueError(
+          f"converting would round the leaf at {dotted(path)} from {describe(have.leaves[i])} "
+          f"into {describe(leaf)}, each value by up to {bound} (pass lossy=True to convert it)"
+        )
       rules.append(Rule("convert", i))
     elif owner[0] == "field" and owner[2] == "count" and shape_dtype(leaf)[0] == ():
       rules.append(Rule("cast", i))
@@ -259,11 +291,11 @@ def plan(state: Any, like: Any, *, allow_drop: bool = False, source: str = "stat
         f"the {source} has a leaf at {dotted(path)} ({describe(have.leaves[i])}) "
         "that the target lacks"
       )
-    if not allow_drop:
+    if not lossy:
       what = dotted(path[: len(path) - len(rest)])
       raise ValueError(
         f"converting would drop {what}, which the target has no place for "
-        "(pass allow_drop=True to drop it)"
+        "(pass lossy=True to drop it)"
       )
   return Plan(tuple(rules))
 
@@ -347,7 +379,7 @@ def apply(plan: Plan, state: Any, like: Any) -> Any:
 
 
 def convert_state(
-  state: chex.ArrayTree, like: chex.ArrayTree, *, allow_drop: bool = False
+  state: chex.ArrayTree, like: chex.ArrayTree, *, lossy: bool = False
 ) -> chex.ArrayTree:
   r"""An optimizer state in the layout, storage formats and shardings of another, ``like``.
 
@@ -367,12 +399,18 @@ def convert_state(
   already in the target's format is copied, bit for bit, so converting
   ``optax.adam``'s state into ``ao.adam``'s (or back, for adamw, nadam,
   nadamw, adamax, amsgrad) changes no number, and training continued from
-  either is the same. Widening (bfloat16 or codes to float32) is exact;
-  narrowing rounds once, as one step's storage does: from float32 to
-  ``Quantized(b)`` each moment changes by at most
-  ``adam_optax.quantized.relative_error`` of its value within the code's
-  range, and values under the block's smallest code go to 0 or to that code
-  (a first moment) or up to that code (a second moment).
+  either is the same. A conversion is exact when the target's dtype holds
+  every decoded value, :math:`\mathrm{promote}(d_{\text{state}},
+  d_{\text{like}}) = d_{\text{like}}` with float32 as a quantized leaf's
+  decoded dtype (bfloat16 or codes to float32); a quantized target is exact
+  only from its own format (a copy). Any other conversion loses data and
+  needs ``lossy=True``: it rounds once, as one step's storage does, each
+  value by at most half an ulp of the target's dtype, :math:`2^{-8}` of it for
+  bfloat16, :math:`2^{-11}` for float16 (float32 to either, bfloat16 to
+  float16 and back; inside the dtype's range: float16 overflows above 65504)
+  or, into ``Quantized(b)``, by ``adam_optax.quantized.relative_error`` of it
+  within the code's range (values under the block's smallest code go to 0, a
+  first moment, or up to that code, a second moment).
 
   The rest is matched by path (wrappers around the optimizer, the params
   beside it) or, inside the optimizer's chain, by its fields. Two kinds of
@@ -398,16 +436,25 @@ def convert_state(
     >>> ao.convert_state(ao.amsgrad(1e-3).init(params), like=state)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: ao.convert_state: ... would drop 2.nu_max, ... (pass allow_drop=True to drop it).
+    ValueError: ao.convert_state: ... would drop 2.nu_max, ... (pass lossy=True to drop it).
+    >>> bf16 = ao.adam(1e-3, mu_dtype=jnp.bfloat16).init(params)
+    >>> ao.convert_state(state, like=bf16)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ao.convert_state: ... would round the leaf at 0.mu.w from float32[3] into ...
+    >>> state = ao.convert_state(state, like=bf16, lossy=True)
 
   Args:
     state: an optimizer state, or any tree holding some (``{"params": ...,
       "opt_state": ...}``, ``nnx.state(optimizer)``), of arrays.
     like: the target: a tree of the same kind from the optimizer to convert
       to, e.g. ``new_tx.init(params)`` or its :func:`jax.eval_shape`.
-    allow_drop: drop state that ``like`` has no place for (AMSGrad's
-      ``nu_max`` converted to Adam, a wrapper's state); otherwise that is an
-      error naming it.
+    lossy: allow a conversion that loses data: moments rounded into
+      narrower storage (float32 to bfloat16 or ``Quantized``, 8-bit to
+      4-bit, bfloat16 to float16), state that ``like`` has no place for
+      dropped (AMSGrad's ``nu_max`` converted to Adam). Otherwise either is
+      an error naming the first such leaf, its storage and the target's, and
+      the rounding bound.
 
   Returns:
     A new tree of ``like``'s pytree types, formats and shardings; ``state``
@@ -416,7 +463,8 @@ def convert_state(
   Raises:
     ValueError: one line naming the first path that does not fit (another
       model, another optimizer, a moment the target has and the state lacks,
-      a complex moment into a real one), or what would be dropped.
+      a complex moment into a real one), or, without ``lossy``, what would
+      be rounded or dropped.
 
   References:
     Kingma & Ba, 2015, Algorithm 1 (the state: :math:`m_t`, :math:`v_t`,
@@ -424,7 +472,7 @@ def convert_state(
     Quantization", ICLR 2022, section 2.1 (block-wise codes).
   """
   try:
-    conversion = plan(state, like, allow_drop=allow_drop)
+    conversion = plan(state, like, lossy=lossy)
   except ValueError as error:
     raise ValueError(f"ao.convert_state: the state does not fit the target: {error}.") from None
   return apply(conversion, state, like)

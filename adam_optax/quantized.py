@@ -42,11 +42,15 @@ warns once, naming the leaf and its spec, and each step gathers that leaf's
 trailing dimensions; ``block_size=128`` (8 bits) or ``64`` (4 bits) would keep it.
 
 A fast-path buffer (:class:`adam_optax.flat.FlatParams`) is stored per leaf
-of its tree, exactly as the tree is (see :func:`zeros`), in flat arrays:
-``codes: uint8[bytes]``, ``scales: [scales]`` and, for its leaves under
-``min_size``, ``rest: float32[elements]``. Where each leaf lies is static
-metadata, so such a state restored without a target must be restored into
-one (the readers say so).
+of its tree, exactly as the tree is (see :func:`zeros`), in a few arrays: its
+leaves come largest first, and neighbours stored alike make one *run* (leaves
+of whole rows, or equal leaves of padded blocks), so ``codes`` and ``scales``
+are tuples with one array per run, each shaped as a stack of ``count`` of its
+leaves (``uint8[count, rows, block]`` with scales ``[count, rows, per_row]``,
+or ``[count, blocks + padding]``), and the leaves under ``min_size`` and the
+buffer's padding end it as ``rest: float32[elements]``. A model whose large
+leaves all hold whole rows has one run: three arrays per moment. The shapes
+tell the runs, so such a state restored without a target is read exactly too.
 """
 
 from __future__ import annotations
@@ -170,15 +174,17 @@ def zeros(
     signed: ``True`` for a first moment, ``False`` for a non-negative one
       (a second moment, a running maximum).
     segments: for a fast-path buffer, the sizes of the leaves it holds, in
-      order: each is stored as the tree path stores that leaf (blocks and
-      ``min_size`` per leaf, so both paths hold the same codes and scales).
+      order, largest first: each is stored as the tree path stores that leaf
+      (blocks and ``min_size`` per leaf, so both paths hold the same codes and
+      scales).
 
   Returns:
     :math:`m_0 = 0` (or :math:`v_0 = 0`) in storage.
 
   Raises:
     ValueError: for the first moment of a complex parameter (its values are
-      complex; only real moments are quantized), naming ``mu_dtype``.
+      complex; only real moments are quantized), naming ``mu_dtype``; for
+      ``segments`` not largest first.
 
   References:
     Dettmers et al., ICLR 2022, section 2.1 (tensors below 4096 elements stay 32-bit).
@@ -332,10 +338,6 @@ def dequantize(tree: chex.ArrayTree) -> chex.ArrayTree:
 
   Returns:
     ``tree`` with each stored moment replaced by its float32 values.
-
-  Raises:
-    ValueError: for a fast-path buffer's moment restored without a target
-      (see :func:`as_quantized`).
 
   References:
     Dettmers et al., ICLR 2022, section 2.1.

@@ -26,6 +26,7 @@ batches and feeds only its own rows.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -44,8 +45,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from matrix import ours, storage_kwargs
 
-import adam_optax as ao
 from adam_optax import distributed
 from adam_optax.checkpoint import restore_checkpoint, save_checkpoint
 from adam_optax.sharding import zero1_shardings
@@ -54,12 +55,11 @@ TIMEOUTS = {"initialization_timeout": 30, "heartbeat_timeout": 5, "shutdown_time
 UNREACHABLE_TIMEOUT = 3
 STEPS, SAVED_AT = 10, 5
 BATCH = 64  # global rows per step, split over the 8 devices
+#: The optimizers of tests/matrix.py that the processes train, by the name their results carry.
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
-  "adam": lambda: ao.adam(learning_rate=1e-2),
-  "adamw": lambda: ao.adamw(learning_rate=1e-2, weight_decay=1e-2),
-  "adam_8bit": lambda: ao.adam(
-    learning_rate=1e-2, mu_dtype=ao.Quantized(8), nu_dtype=ao.Quantized(8)
-  ),
+  "adam": functools.partial(ours, "adam", 1e-2),
+  "adamw": functools.partial(ours, "adamw", 1e-2, weight_decay=1e-2),
+  "adam_8bit": functools.partial(ours, "adam", 1e-2, **storage_kwargs("8bit")),
 }
 # The optimizers whose ZeRO-1 state is saved halfway, each in OUT/ckpt_<name>.
 SAVED = ("adam", "adam_8bit")

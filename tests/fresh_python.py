@@ -7,10 +7,16 @@ the pytest process.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import pathlib
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,3 +53,24 @@ def run_python(
     timeout=600,
     check=False,
   )
+
+
+def once_per_session(
+  factory: pytest.TempPathFactory, name: str, compute: Callable[[pathlib.Path], Any]
+) -> Any:
+  """``compute(directory)`` run once per test session, its JSON-able result shared.
+
+  Under pytest-xdist each worker has its own session, but they share the
+  parent of their base temporary directories: the first worker to lock
+  ``name`` there computes and writes the result, the others read it.
+  """
+  root = factory.getbasetemp()
+  if "PYTEST_XDIST_WORKER" in os.environ:
+    root = root.parent
+  result = root / f"{name}.json"
+  with (root / f"{name}.lock").open("w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not result.exists():
+      (root / name).mkdir(exist_ok=True)
+      result.write_text(json.dumps(compute(root / name)))
+  return json.loads(result.read_text())

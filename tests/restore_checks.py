@@ -11,7 +11,10 @@ This process
   leaf replicated over the mesh), and with the params sharded over the mesh's
   ``d`` axis (the state follows them, as ``tx.init`` gives it);
 * saves its own checkpoint of each, ``eight/<kind>``, from params with a leaf
-  sharded ``P("d")`` over 8 devices, and the arrays it holds, ``eight/<kind>.npz``.
+  sharded ``P("d")`` over 8 devices, and the arrays it holds, ``eight/<kind>.npz``;
+* restores ``one/float32`` into 8-bit moments sharded with the params: refused
+  without ``lossy=True`` (the message is printed), and with it the same bytes
+  as :func:`adam_optax.convert_state` of the float32 state restored here.
 
 Prints one JSON object: per check, whether every leaf was bit for bit the
 saved one, and where the leaves landed.
@@ -19,6 +22,7 @@ saved one, and where the leaves landed.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import sys
@@ -31,14 +35,16 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from matrix import LEARNING_RATE, STORAGES, ours, storage_kwargs
 
 import adam_optax as ao
 from adam_optax import quantized
 from adam_optax.checkpoint import restore_checkpoint, save_checkpoint
 
+#: ``ao.adam`` with its moments in each storage of the matrix (tests/matrix.py).
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
-  "float32": lambda: ao.adam(1e-2),
-  "8bit": lambda: ao.adam(1e-2, mu_dtype=ao.Quantized(8), nu_dtype=ao.Quantized(8)),
+  storage: functools.partial(ours, "adam", LEARNING_RATE, **storage_kwargs(storage))
+  for storage in STORAGES
 }
 # "w" has 8,192 entries (a quantized moment; 64 rows split over 8 devices), "b" 8.
 SHAPES = {"w": (64, 128), "b": (8,)}
@@ -68,10 +74,14 @@ def stored_bytes(tree: Any) -> dict[str, np.ndarray]:
   }
 
 
+def equal_bytes(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+  """Whether two :func:`stored_bytes` hold the same arrays, bit for bit."""
+  return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def same_bytes(tree: Any, npz: pathlib.Path) -> bool:
   """Whether ``tree`` holds, bit for bit, the arrays saved in ``npz``."""
-  saved, mine = dict(np.load(npz)), stored_bytes(tree)
-  return saved.keys() == mine.keys() and all(np.array_equal(saved[k], mine[k]) for k in saved)
+  return equal_bytes(stored_bytes(tree), dict(np.load(npz)))
 
 
 def placement(tree: Any) -> list[str]:
@@ -112,6 +122,30 @@ def main() -> None:
     saved = trained(tx, sharded)
     save_checkpoint(out / "eight" / kind, saved)
     np.savez(out / "eight" / f"{kind}.npz", **stored_bytes(saved))
+  # Across topologies and formats at once, into narrower storage: the float32
+  # checkpoint of one device into 8-bit moments sharded with the params. Refused
+  # without lossy=True, naming the first rounded moment; with it, what converting
+  # the float32 state restored on the mesh gives, where that puts it.
+  narrow = OPTIMIZERS["8bit"]()
+  target = jax.eval_shape(lambda p: {"params": p, "opt_state": narrow.init(p)}, sharded)
+  try:
+    restore_checkpoint(out / "one" / "float32", target)
+    results["float32->8bit/refused"] = None
+  except ValueError as error:
+    results["float32->8bit/refused"] = str(error)
+  restored = restore_checkpoint(out / "one" / "float32", target, lossy=True)
+  wide = OPTIMIZERS["float32"]()
+  as_saved = restore_checkpoint(
+    out / "one" / "float32",
+    jax.eval_shape(lambda p: {"params": p, "opt_state": wide.init(p)}, sharded),
+  )
+  converted = ao.convert_state(as_saved, target, lossy=True)
+  mu = optax.tree_utils.tree_get(restored["opt_state"], "mu")["w"]
+  results["float32->8bit/lossy"] = [
+    equal_bytes(stored_bytes(restored), stored_bytes(converted)),
+    quantized.is_quantized(mu),
+    placement([restored["params"]["w"], mu]),
+  ]
   print(json.dumps(results))
 
 

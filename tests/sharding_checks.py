@@ -10,6 +10,7 @@ asserts on. Meshes of both axis types are checked:
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import matrix
 import numpy as np
 import optax
 import oracles
@@ -28,10 +30,8 @@ from adam_optax.sharding import zero1_shardings
 
 STEPS = 5
 MODES = {"explicit": AxisType.Explicit, "auto": AxisType.Auto}
-OPTIMIZERS = {
-  "adam": lambda: ao.adam(1e-2),
-  "amsgrad": lambda: ao.amsgrad(1e-2),
-}
+#: The optimizers whose states must follow the params (AMSGrad keeps a third moment).
+INHERITING = ("adam", "amsgrad")
 # A tensor-parallel layout: every kind of spec, including replicated.
 TENSOR_PARALLEL = {"w1": P("data", "model"), "b1": P("model"), "w2": P("model", None), "b2": P()}
 
@@ -206,8 +206,8 @@ def main() -> None:
   assert jax.device_count() == 8, f"expected 8 devices, got {jax.device_count()}"
   results: dict[str, Any] = {}
   if sys.argv[1] == "inherit":
-    for name, make_tx in OPTIMIZERS.items():
-      results.update(inherit_checks(name, make_tx))
+    for name in INHERITING:
+      results.update(inherit_checks(name, functools.partial(matrix.ours, name, 1e-2)))
   else:
     results.update(zero1_checks())
     results.update(zero1_on_tensor_parallel())

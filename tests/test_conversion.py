@@ -19,11 +19,11 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from matrix import NAMES, OPTIMIZERS, both
+from matrix import NAMES, OPTIMIZERS, STORAGES, both, storage_kwargs
 from training import assert_trees_equal, train
 
 import adam_optax as ao
-from adam_optax import quantized
+from adam_optax import conversion, quantized
 from adam_optax.checkpoint import restore_checkpoint, save_checkpoint
 
 HALF = 50  # steps before the switch and after it: 100 in all
@@ -150,21 +150,17 @@ def test_an_nnx_optimizer_moves_between_optax_and_ours(name: str) -> None:
   assert_trees_equal(ao.convert_state(runs[1, 0][1], optax_only[1]), optax_only[1])
 
 
-STORAGES: dict[str, Any] = {
-  "float32": jnp.float32,
-  "bfloat16": jnp.bfloat16,
-  "8bit": ao.Quantized(8),
-  "4bit": ao.Quantized(4),
-}
-
-
 def _stored(name: str, storage: str) -> optax.GradientTransformation:
-  kwargs = {"mu_dtype": STORAGES[storage], "nu_dtype": STORAGES[storage]}
-  return OPTIMIZERS[name][0](1e-2, **kwargs)
+  return OPTIMIZERS[name][0](1e-2, **storage_kwargs(storage))
 
 
 # Each format once as the source and once as the target.
 CHANGES = [("float32", "8bit"), ("8bit", "4bit"), ("4bit", "bfloat16"), ("bfloat16", "float32")]
+
+
+def _lossless(start: str, to: str) -> bool:
+  """Whether storing ``start``'s moments as ``to`` keeps every value: a copy, or into float32."""
+  return start == to or to == "float32"
 
 
 @pytest.mark.filterwarnings("ignore:b2=0.999 cannot move")
@@ -178,9 +174,13 @@ def test_a_checkpoint_restored_into_another_storage_equals_converting_in_memory(
   params, state = train(old, params, old.init(params), jax.tree.map(lambda g: g[:2], grads))
   save_checkpoint(tmp_path / "ckpt", {"params": params, "opt_state": state})
 
-  in_memory = ao.convert_state(state, new.init(params))
+  lossy = not _lossless(start, to)
+  in_memory = ao.convert_state(state, new.init(params), lossy=lossy)
   abstract = jax.eval_shape(lambda: {"params": params, "opt_state": new.init(params)})
-  restored = restore_checkpoint(tmp_path / "ckpt", abstract)
+  if lossy:
+    with pytest.raises(ValueError, match=re.escape("would round the leaf at opt_state.0.mu")):
+      restore_checkpoint(tmp_path / "ckpt", abstract)
+  restored = restore_checkpoint(tmp_path / "ckpt", abstract, lossy=lossy)
   assert_trees_equal(restored["opt_state"], in_memory)
   assert_trees_equal(restored["params"], params)
   # The converted state is the new optimizer's, in its format, and trains on.
@@ -201,7 +201,7 @@ def _round_trip(bits: int) -> tuple[Any, Any, Any, Any]:
   wide, narrow = _stored("amsgrad", "float32"), _stored("amsgrad", f"{bits}bit")
   params = _params()
   state = train(wide, params, wide.init(params), _grads(3))[1]
-  coded = ao.convert_state(state, narrow.init(params))
+  coded = ao.convert_state(state, narrow.init(params), lossy=True)
   return state, coded, ao.convert_state(coded, state), narrow.init(params)
 
 
@@ -214,7 +214,7 @@ def test_float32_to_codes_and_back_rounds_each_moment_once(bits: int) -> None:
     once = jax.tree.map(jax.jit(lambda v, s: quantized.decode(quantized.encode(v, s))), x, like)
     assert_trees_equal(y, once)
   # Decoding is exact, and so codes -> float32 -> codes changes nothing.
-  assert_trees_equal(ao.convert_state(back, layout), coded)
+  assert_trees_equal(ao.convert_state(back, layout, lossy=True), coded)
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -234,7 +234,7 @@ def test_bfloat16_moments_widen_exactly_and_narrow_as_a_step_does() -> None:
   wide, narrow = _stored("adam", "float32"), _stored("adam", "bfloat16")
   params = _params()
   state = train(wide, params, wide.init(params), _grads(3))[1]
-  halved = ao.convert_state(state, narrow.init(params))
+  halved = ao.convert_state(state, narrow.init(params), lossy=True)
   for x, y in zip(_moments(state), _moments(halved), strict=True):
     assert y.dtype == jnp.bfloat16
     np.testing.assert_array_equal(y, x.astype(jnp.bfloat16))
@@ -248,13 +248,66 @@ def test_a_dropping_conversion_needs_the_flag_and_names_what_it_drops() -> None:
   state = train(amsgrad, params, amsgrad.init(params), _grads(2))[1]
   with pytest.raises(ValueError, match=re.escape("would drop 2.nu_max")) as error:
     ao.convert_state(state, adam.init(params))
-  assert "allow_drop=True" in str(error.value)
+  assert "lossy=True" in str(error.value)
   assert "\n" not in str(error.value)
-  dropped = ao.convert_state(state, adam.init(params), allow_drop=True)
+  dropped = ao.convert_state(state, adam.init(params), lossy=True)
   assert_trees_equal(dropped[0], state[0])
   # The other way, the running maximum cannot be made up.
   with pytest.raises(ValueError, match=re.escape("target has a leaf at 2.nu_max.b")):
-    ao.convert_state(dropped, amsgrad.init(params), allow_drop=True)
+    ao.convert_state(dropped, amsgrad.init(params), lossy=True)
+
+
+# Every pair of the formats, and the 16-bit dtypes into each other.
+ROUNDINGS = [(a, b) for a in STORAGES for b in STORAGES] + [
+  ("bfloat16", "float16"),
+  ("float16", "bfloat16"),
+  ("float16", "float32"),
+]
+# Each narrowing target's relative rounding, as the error states it: half an ulp
+# (2^-(mantissa bits + 1)); the first moment's maps' delta at 8 bits, 1/(2^4 + 1),
+# and at 4 bits, 3/5 (docs/low_memory_states.md).
+BOUNDS = {
+  "bfloat16": "2^-8 of it (half an ulp of bfloat16, in range)",
+  "float16": "2^-11 of it (half an ulp of float16, in range)",
+  "8bit": "0.0588 of it (quantized.relative_error, in range)",
+  "4bit": "0.6 of it (quantized.relative_error, in range)",
+}
+
+
+@functools.cache
+def _trained_adam() -> Any:
+  """An Adam state with float32 moments after 3 steps: values to round."""
+  tx, params = _stored("adam", "float32"), _params()
+  return train(tx, params, tx.init(params), _grads(3))[1]
+
+
+@pytest.mark.filterwarnings("ignore:b2=0.999 cannot move")
+@pytest.mark.parametrize(("start", "to"), ROUNDINGS, ids=[f"{a}-{b}" for a, b in ROUNDINGS])
+def test_a_rounding_conversion_needs_the_flag_and_names_the_leaf_and_the_bound(
+  start: str, to: str
+) -> None:
+  storages = {**STORAGES, "float16": jnp.float16}
+  old, new = (ao.adam(1e-2, mu_dtype=storages[f], nu_dtype=storages[f]) for f in (start, to))
+  params = _params()
+  state = ao.convert_state(_trained_adam(), old.init(params), lossy=True)
+  like = new.init(params)
+  if _lossless(start, to):  # a copy, or every value held by the wider dtype: no flag
+    converted = ao.convert_state(state, like)
+    widened = [[x.astype(jnp.float32) for x in _moments(s)] for s in (converted, state)]
+    assert_trees_equal(*widened)
+    return
+  # The first moment's small leaf "b" stays float32 in a quantized format.
+  first = "b" if to in ("bfloat16", "float16") else "w"
+  where = re.escape(f"would round the leaf at 0.mu.{first} from")
+  with pytest.raises(ValueError, match=where) as error:
+    ao.convert_state(state, like)
+  message = str(error.value)
+  assert f"each value by up to {BOUNDS[to]} (pass lossy=True to convert it)" in message, message
+  assert "\n" not in message
+  converted = ao.convert_state(state, like, lossy=True)
+  assert jax.tree.structure(converted) == jax.tree.structure(like)
+  layouts = [[conversion.shape_dtype(x) for x in jax.tree.leaves(t)] for t in (converted, like)]
+  assert layouts[0] == layouts[1]
 
 
 MISFITS = {
@@ -293,7 +346,7 @@ def test_diagnostics_records_are_carried_zeroed_or_dropped_and_written_again() -
   reference = run(params, state, last)
   records = lambda s: (s[2], s[3].alpha)  # normalize's and scale_by_lr's  # noqa: E731
   eight = ao.adam(schedule, mu_dtype=ao.Quantized(8), diagnostics=True).init(params)
-  assert_trees_equal(records(ao.convert_state(state, eight)), records(state))  # carried
+  assert_trees_equal(records(ao.convert_state(state, eight, lossy=True)), records(state))
   dropped = ao.convert_state(state, plain.init(params))  # dropped, no flag needed
   zeroed = ao.convert_state(dropped, watched.init(params))
   assert_trees_equal(records(zeroed), records(watched.init(params)))

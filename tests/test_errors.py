@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from matrix import NAMES as OPTIMIZERS
+from matrix import NAMES
 
 import adam_optax as ao
 
@@ -133,7 +133,7 @@ def test_valid_boundary_values_are_accepted(factory: str) -> None:
   assert isinstance(_build(factory, **kwargs), optax.GradientTransformation)
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", NAMES)
 def test_array_hyperparameters_are_accepted_unchecked(name: str) -> None:
   """Arrays are not checked in Python: even an out-of-range one builds and runs."""
   kwargs = {"b1": jnp.asarray(0.9), "b2": jnp.asarray(1.5), "eps": jnp.asarray(-1.0)}
@@ -148,7 +148,7 @@ def test_bias_correct_refuses_nesterov_without_the_first_moment() -> None:
     ao.bias_correct(nesterov=True, mu=False)
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", NAMES)
 def test_integer_params_are_refused_at_init_naming_the_path(name: str) -> None:
   """Adam has no moments for an integer leaf: a clear TypeError, as for integer gradients."""
   tx = FACTORIES[name]()
@@ -183,7 +183,7 @@ BAD_GRADIENTS = {
 }
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("case", sorted(BAD_GRADIENTS))
 def test_mismatched_gradients_name_the_first_mismatching_path(name: str, case: str) -> None:
   grads, error, path = BAD_GRADIENTS[case]

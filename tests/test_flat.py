@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 from fresh_python import run_python
+from matrix import optimizer, ours
 
 import adam_optax as ao
 from adam_optax.flat import FlatParams, flat_train_step, flatten_params, update_and_apply
@@ -99,13 +100,16 @@ def _per_step_ulp(tx, params):
   return np.asarray(run(params, _gradients(params)))
 
 
-OPTIMIZERS = {
-  "adam": lambda: ao.adam(LEARNING_RATE),
-  "adam-f32-moments": lambda: ao.adam(LEARNING_RATE, mu_dtype=jnp.float32, nu_dtype=jnp.float32),
-  "schedule": lambda: ao.adam(optax.cosine_decay_schedule(LEARNING_RATE, STEPS)),
-  "adamw": lambda: ao.adamw(LEARNING_RATE, weight_decay=0.1),
-  "amsgrad": lambda: ao.amsgrad(LEARNING_RATE),
-  "clip-chain": lambda: optax.chain(optax.clip_by_global_norm(1.0), ao.adam(LEARNING_RATE)),
+# Settings of the optimizers of tests/matrix.py; the clip is the matrix's wrapper.
+SETTINGS = {
+  "adam": lambda: ours("adam", LEARNING_RATE),
+  "adam-f32-moments": lambda: ours(
+    "adam", LEARNING_RATE, mu_dtype=jnp.float32, nu_dtype=jnp.float32
+  ),
+  "schedule": lambda: ours("adam", optax.cosine_decay_schedule(LEARNING_RATE, STEPS)),
+  "adamw": lambda: ours("adamw", LEARNING_RATE, weight_decay=0.1),
+  "amsgrad": lambda: ours("amsgrad", LEARNING_RATE),
+  "clip-chain": lambda: optimizer("adam", "float32", "clip"),
 }
 
 
@@ -123,7 +127,7 @@ OPTIMIZERS = {
   ],
 )
 def test_every_flat_step_is_within_4_ulp_of_tree_adam(kind, optimizer):
-  ulps = _per_step_ulp(OPTIMIZERS[optimizer](), _tree(kind))
+  ulps = _per_step_ulp(SETTINGS[optimizer](), _tree(kind))
   assert ulps.shape == (STEPS,)
   assert ulps.max() <= 4, ulps
 
@@ -258,28 +262,33 @@ def test_errors_are_clear():
 
 SHARDED = textwrap.dedent(
   """
+  import contextlib
   import jax, jax.numpy as jnp, numpy as np
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   import adam_optax as ao
   from adam_optax.flat import flat_train_step, flatten_params
+  # Leaves of 3,000 and 37 elements: the buffer's 8 shards cut through both.
   tree = {"w": jnp.linspace(-1, 1, 3000).reshape(3, 1000), "b": jnp.linspace(0, 1, 37)}
   loss = lambda p: jnp.sum(jnp.sin(p["w"])) + jnp.sum(p["b"] ** 2)
   tx = ao.adam(1e-2)
-  def train(shard):
+  def train(mesh):
     flat = flatten_params(tree, multiple_of=8)
-    if shard:
-      mesh = Mesh(np.array(jax.devices()), ("d",))
+    if mesh is not None:
       flat = jax.device_put(flat, NamedSharding(mesh, P("d")))
-    step = flat_train_step(loss, tx)
-    state = tx.init(flat)
-    for _ in range(5):
-      flat, state, _ = step(flat, state)
+    with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+      step = flat_train_step(loss, tx)
+      state = tx.init(flat)
+      for _ in range(5):
+        flat, state, _ = step(flat, state)
     return flat, state
-  want, _ = train(False)
-  got, state = train(True)
-  assert len(got.buffers[0].sharding.device_set) == 8, got.buffers[0].sharding
-  assert len(state[0].mu.buffers[0].sharding.device_set) == 8
-  np.testing.assert_allclose(got.buffers[0], want.buffers[0], rtol=0, atol=1e-6)
+  want, _ = train(None)
+  # Automatic axes, and explicit ones (jax.make_mesh's default), where a slice of a split
+  # dimension must be a multiple of its shards.
+  for mesh in (Mesh(np.array(jax.devices()), ("d",)), jax.make_mesh((8,), ("d",))):
+    got, state = train(mesh)
+    assert got.buffers[0].sharding.spec == P("d"), got.buffers[0].sharding
+    assert state[0].mu.buffers[0].sharding.spec == P("d"), state[0].mu.buffers[0].sharding
+    np.testing.assert_allclose(got.buffers[0], want.buffers[0], rtol=0, atol=1e-6)
   print("ok")
   """
 )

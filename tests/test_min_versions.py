@@ -3,8 +3,9 @@
 ``.ci/run`` runs this file in a second virtual environment with exactly the
 declared lower bounds of jax, jaxlib, optax, chex, numpy and of the
 ``checkpoint`` extra (orbax-checkpoint) installed (see ``.ci/min-versions``),
-without the other test dependencies: it imports nothing but those, pytest and
-the package, and needs no conftest fixture. It steps every optimizer, every
+without the other test dependencies: it imports nothing but those, pytest, the
+package and tests/matrix.py (which imports nothing more), and needs no
+conftest fixture. It steps every optimizer, every
 storage format (float32, bfloat16, 8-bit, 4-bit), the diagnostics reader, a
 checkpoint and the fast path. In the main suite it runs on the current
 versions like any other test.
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from matrix import NAMES, OPTIMIZERS
 
 import adam_optax as ao
 from adam_optax.flat import flat_train_step, flatten_params
@@ -25,7 +27,6 @@ from adam_optax.flat import flat_train_step, flatten_params
 pytestmark = pytest.mark.min_versions
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-OPTIMIZERS = ["adam", "adamw", "nadam", "nadamw", "adamax", "amsgrad"]
 STEPS = 20
 # Quantized leaves of both layouts: rows of whole blocks, and equal blocks with padding.
 STORAGE = {
@@ -73,10 +74,11 @@ def _train(tx, params, loss=_loss):
 
 
 @pytest.mark.parametrize("diagnostics", [False, True])
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", NAMES)
 def test_optimizer_steps_like_optax(name, diagnostics):
-  got, _ = _train(getattr(ao, name)(1e-2, diagnostics=diagnostics), _params())
-  want, _ = _train(getattr(optax, name)(1e-2), _params())
+  ours, theirs = OPTIMIZERS[name]
+  got, _ = _train(ours(1e-2, diagnostics=diagnostics), _params())
+  want, _ = _train(theirs(1e-2), _params())
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -5,8 +5,11 @@ with the same defaults; the additions keyword-only). One matrix, optimizer x
 hyper-parameter setting x tree (the ``tree`` fixture), runs 1,000 float32
 steps of both optimizers side by side inside one jitted ``lax.scan`` and
 measures the distance in ulp of the params and of the moments at every step.
-The docs promise 4 ulp (docs/index.md); bit-for-bit (0 ulp) is what is
-measured. Run with ``-s`` to see the measured maxima.
+On a CPU they are bit for bit the same, as the README and docs/index.md say
+(0 ulp is asserted). On another backend XLA may contract a multiply and an
+add into one fused multiply-add in one program and not in the other, so
+there the test holds them to the design's bound, 4 ulp per element after
+1,000 steps (not yet measured on a GPU). Run with ``-s`` to see the maxima.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from oracles import ulp_distance
 import adam_optax as ao
 
 STEPS = 1_000
-MAX_ULP = 4
+#: Bit for bit on a CPU; within the design's 4 ulp where fused multiply-adds may differ.
+MAX_ULP = 0 if jax.default_backend() == "cpu" else 4
 LEARNING_RATE = 1e-2
 
 

@@ -139,12 +139,16 @@ def main() -> None:
   """Prints the machine's report (see the module's docstring)."""
   import jax
 
-  commit = _command("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
-  dirty = _command("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no")
+  # The commit named by whoever sent the tree wins: a lent machine's copy may hold a
+  # .git of another commit (one run printed the session's base, not what it ran).
+  commit = os.environ.get("DEVICE_CHECK_COMMIT")
   if commit is None:
-    commit = os.environ.get("DEVICE_CHECK_COMMIT", "unknown (no git checkout here)")
-  elif dirty:
-    commit += " with uncommitted changes"
+    commit = _command("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
+    dirty = _command("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no")
+    if commit is None:
+      commit = "unknown (no git checkout here, no DEVICE_CHECK_COMMIT)"
+    elif dirty:
+      commit += " with uncommitted changes"
   print(f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
   print(f"commit: {commit}")
   print(f"host: {platform.node()}, {platform.machine()}, {os.cpu_count()} cores")

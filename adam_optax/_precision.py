@@ -138,7 +138,7 @@ def zeros(
       return quantized.zeros(p, dtype, signed=not real)
     storage = jnp.result_type(p) if dtype is None else jnp.dtype(dtype)
     # zeros_like, not zeros(shape): the moment takes the param's sharding.
-    return jnp.zeros_like(p, dtype=real_dtype(storage) if real else storage)
+    return _block_layout.zeros_like(p, real_dtype(storage) if real else storage)
 
   def node(p: Any) -> Any:
     if _is_variable(p) and isinstance(dtype, quantized.Quantized):

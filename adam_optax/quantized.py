@@ -196,7 +196,7 @@ def zeros(
       "parameter: quantized moments are real. Use a complex mu_dtype (or None) "
       "for complex parameters; nu_dtype may stay quantized."
     )
-  values = jnp.zeros_like(param, dtype=jnp.float32)
+  values = _block_layout.zeros_like(param, jnp.float32)
   shape = tuple(jnp.shape(param))
   if segments is not None:
     runs = _stored_blocks.buffer_runs(

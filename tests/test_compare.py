@@ -276,4 +276,5 @@ def test_conv_is_a_same_padded_convolution(size: int) -> None:
   expected = jax.lax.conv_general_dilated(
     images, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
-  np.testing.assert_allclose(conv(images), expected + conv.bias[...], rtol=1e-5, atol=1e-5)
+  with jax.default_matmul_precision("float32"):  # a GPU's default is TensorFloat-32
+    np.testing.assert_allclose(conv(images), expected + conv.bias[...], rtol=1e-5, atol=1e-5)

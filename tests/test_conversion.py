@@ -212,7 +212,10 @@ def test_float32_to_codes_and_back_rounds_each_moment_once(bits: int) -> None:
     x, y, like = (optax.tree_utils.tree_get(s, key) for s in (state, back, layout))
     # Exactly one step's rounding: what the storage policy stores for these values.
     once = jax.tree.map(jax.jit(lambda v, s: quantized.decode(quantized.encode(v, s))), x, like)
-    assert_trees_equal(y, once)
+    if jax.default_backend() == "cpu":
+      assert_trees_equal(y, once)
+    else:  # one program against convert_state's: a GPU may round a product 1 ulp apart
+      jax.tree.map(lambda a, b: np.testing.assert_array_max_ulp(a, b, maxulp=2), y, once)
   # Decoding is exact, and so codes -> float32 -> codes changes nothing.
   assert_trees_equal(ao.convert_state(back, layout, lossy=True), coded)
 

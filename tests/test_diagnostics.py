@@ -304,15 +304,21 @@ def _read_stored(storage: str, kind: str) -> Callable[..., Any]:
       ao.scale_by_lr(learning_rate, diagnostics=True),
     )
 
-  def read(b1: jax.Array, m: jax.Array, v: jax.Array) -> dict[str, jax.Array]:
+  @functools.partial(jax.jit, static_argnums=1)
+  def stepped(b1: jax.Array, size: int) -> Any:
     tx = optax.inject_hyperparams(factory)(learning_rate=1.0, b1=b1)
-    params = jnp.zeros(m.shape)
-    _, state = tx.update(params + 1.0, tx.init(params), params)
-    like = {key: optax.tree_utils.tree_get(state, key) for key in ("mu", "nu")}
-    stored = {"mu": quantized.encode(m, like["mu"]), "nu": quantized.encode(v, like["nu"])}
-    return diagnostics(optax.tree_utils.tree_set(state, **stored))
+    params = jnp.zeros(size)
+    return tx.update(params + 1.0, tx.init(params), params)[1]
 
-  return jax.jit(read)
+  def read(b1: float, m: np.ndarray, v: np.ndarray) -> dict[str, jax.Array]:
+    state = stepped(jnp.float32(b1), m.size)
+    like = {key: optax.tree_utils.tree_get(state, key) for key in ("mu", "nu")}
+    # Stored outside the jitted reader, as a state is: inside one program XLA:GPU may
+    # skip a cast to bfloat16 and back (excess precision), and nothing would be rounded.
+    stored = {"mu": quantized.encode(m, like["mu"]), "nu": quantized.encode(v, like["nu"])}
+    return jax.jit(diagnostics)(optax.tree_utils.tree_set(state, **stored))
+
+  return read
 
 
 def _moments_stepping(storage: str, kind: str, u: float) -> tuple[float, np.ndarray, np.ndarray]:

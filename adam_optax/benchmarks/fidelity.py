@@ -111,7 +111,10 @@ def train(tx: optax.GradientTransformation, problem: Problem) -> list[np.ndarray
     return jax.lax.scan(step, (params, state), stream, length=problem.steps)[0][0]
 
   params = [jnp.asarray(p) for p in problem.params]
-  return [np.asarray(p) for p in jax.jit(run)(params, tx.init(params))]
+  # Float32 products, as torch's on a CPU: a GPU's default (TensorFloat-32) would
+  # separate the two harnesses by more than the storage formats they compare.
+  with jax.default_matmul_precision("float32"):
+    return [np.asarray(p) for p in jax.jit(run)(params, tx.init(params))]
 
 
 def torch_train(make_optimizer: Callable[[Any], Any], problem: Problem) -> list[np.ndarray]:

@@ -348,7 +348,8 @@ def train(
 def step_flops(problem: Problem, dataset: Dataset) -> float:
   """The floating-point operations of one run's gradient on one minibatch, by XLA's count.
 
-  Lowered (not compiled) once per problem; the progress bar of ``compare``
+  Lowered (not compiled) once per problem, and compiled where the backend
+  counts nothing before compiling (XLA:GPU); the progress bar of ``compare``
   weighs each chunk of steps by it, so that its ETA accounts for problems
   whose steps cost very different amounts.
 
@@ -366,6 +367,10 @@ def step_flops(problem: Problem, dataset: Dataset) -> float:
   def loss(params: chex.ArrayTree) -> jax.Array:
     return problem.loss(nnx.merge(graphdef, params), x, y, nnx.Rngs(0))
 
-  cost = jax.jit(jax.grad(loss)).lower(params).cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return max(1.0, float(cost.get("flops", 0.0)))
+  def flops(cost: Any) -> float:
+    cost = (cost[0] if isinstance(cost, list) else cost) or {}
+    return float(cost.get("flops", 0.0))
+
+  lowered = jax.jit(jax.grad(loss)).lower(params)
+  counted = flops(lowered.cost_analysis()) or flops(lowered.compile().cost_analysis())
+  return max(1.0, counted)

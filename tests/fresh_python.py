@@ -41,7 +41,13 @@ def run_python(
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
   env.pop("XLA_FLAGS", None)
   if host_devices is not None:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={host_devices}"
+    # A collective waits for all its devices' threads; on 2 busy cores (pytest -n 2)
+    # one thread once came 40 s late, XLA:CPU's limit, and the process aborted:
+    # allow a slow machine minutes, within the 600 s below.
+    env["XLA_FLAGS"] = (
+      f"--xla_force_host_platform_device_count={host_devices} "
+      "--xla_cpu_collective_call_terminate_timeout_seconds=400"
+    )
     env["JAX_PLATFORMS"] = "cpu"
   return subprocess.run(
     [sys.executable, *args],

@@ -11,9 +11,6 @@ the step taken, whatever the chain was built with.
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from fresh_python import run_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -723,16 +721,7 @@ _SHARDED = textwrap.dedent(
 
 
 def test_sharded_values_equal_single_device_values() -> None:
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  env["JAX_PLATFORMS"] = "cpu"
-  result = subprocess.run(
-    [sys.executable, "-c", _SHARDED],
-    env=env,
-    cwd=Path(__file__).parents[1],
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  result = run_python(["-c", _SHARDED], host_devices=8)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().endswith("ok")
 

@@ -314,8 +314,9 @@ def _read_stored(storage: str, kind: str) -> Callable[..., Any]:
     # Stored outside the jitted reader, as a state is: inside one program XLA:GPU may
     # skip a cast to bfloat16 and back (excess precision), and nothing would be rounded.
     stored = {"mu": quantized.encode(m, like["mu"]), "nu": quantized.encode(v, like["nu"])}
-    return jax.jit(diagnostics)(optax.tree_utils.tree_set(state, **stored))
+    return reader(optax.tree_utils.tree_set(state, **stored))
 
+  reader = jax.jit(diagnostics)
   return read
 
 

@@ -20,7 +20,6 @@ Three measurements of ``ao.adam`` with :class:`adam_optax.Quantized` moments:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -214,13 +213,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _versions() -> dict[str, str]:
-  import importlib.metadata as metadata
-
-  found = {}
-  for package in ("jax", "optax", "torch", "torchao"):
-    with contextlib.suppress(metadata.PackageNotFoundError):
-      found[package] = metadata.version(package)
-  return found
+  """The versions of the installed packages among those the report names."""
+  names = ("jax", "optax", "torch", "torchao")
+  found = {name: bench_report.package_version(name) for name in names}
+  return {name: version for name, version in found.items() if version is not None}
 
 
 # The table's figures: (key of a row, heading, format).

@@ -35,7 +35,8 @@ DIAGNOSTICS_BUDGET = 0.02
 _KIND_TITLES = {"wall": "wall", "device": "device", "real": "real step"}
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+  """The installed version of ``package``, or ``None`` if it is not installed."""
   try:
     return metadata.version(package)
   except metadata.PackageNotFoundError:
@@ -73,7 +74,7 @@ def context(platform: str, load_at_start: list[float]) -> dict[str, Any]:
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "versions": {
       "python": sys.version.split()[0],
-      **{name: _version(name) for name in ("jax", "jaxlib", "optax", "adam_optax", "torch")},
+      **{name: package_version(name) for name in ("jax", "jaxlib", "optax", "adam_optax", "torch")},
     },
   }
 

@@ -586,6 +586,45 @@ def test_fast_path_state_without_its_metadata_is_read_exactly(fmt: ao.Quantized)
     np.testing.assert_array_equal(got[0], expected)
 
 
+@pytest.mark.parametrize("path", ["tree", "flat"])
+def test_a_stored_moment_comes_back_from_jit_as_the_same_frozen_value(path: str) -> None:
+  """jit's dispatch flattens and unflattens stored moments each step, by a fast unflatten.
+
+  A leaf has codes and scales; a fast-path buffer with a leaf under ``min_size`` has a
+  float32 rest too. What comes back equals what went in, is still frozen, and is named
+  by the same key paths (which checkpoints use).
+  """
+  params = {"w": jnp.zeros((50, 100)), "small": jnp.zeros(10)}
+  params = flatten_params(params, multiple_of=8) if path == "flat" else params
+  state = _both(ao.Quantized(8)).init(params)
+  stored = optax.tree_utils.tree_get(state, "mu")
+  back = jax.jit(lambda s: s)(stored)
+  assert jax.tree.structure(back, is_leaf=quantized.is_quantized) == jax.tree.structure(
+    stored, is_leaf=quantized.is_quantized
+  )
+  pairs = zip(
+    jax.tree.leaves(back, is_leaf=quantized.is_quantized),
+    jax.tree.leaves(stored, is_leaf=quantized.is_quantized),
+    strict=True,
+  )
+  for got, expected in pairs:
+    if not quantized.is_quantized(expected):
+      continue
+    assert (got.rest is None) == (expected.rest is None) == (path == "tree")
+    assert all(
+      jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), got, expected))
+    )
+    static = ("logical_shape", "bits", "signed", "layout", "runs")
+    assert [getattr(got, f) for f in static] == [getattr(expected, f) for f in static]
+    with pytest.raises(AttributeError):
+      got.bits = 4  # type: ignore[misc]
+  keys = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(back)[0]]
+  assert keys == [
+    jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(stored)[0]
+  ]
+  assert any(key.endswith(".rest") for key in keys) == (path == "flat")
+
+
 def test_sharded_leaves_keep_their_sharding_without_gathering() -> None:
   """Issue 16, item 4: rows and columns of 8 devices, each holding whole rows of blocks."""
   run = run_python(["tests/quantized_sharding_checks.py"], host_devices=8)

@@ -292,15 +292,69 @@ def update_dtypes(grads: chex.ArrayTree, mu: chex.ArrayTree, nu: chex.ArrayTree)
 
 
 def cast_like(
-  tree: chex.ArrayTree, like: chex.ArrayTree, scale_from: chex.ArrayTree | None = None
+  tree: chex.ArrayTree,
+  like: chex.ArrayTree,
+  scale_from: chex.ArrayTree | None = None,
+  codes_from: chex.ArrayTree | None = None,
 ) -> chex.ArrayTree:
   """Casts ``tree`` to the dtypes of ``like`` leaf by leaf (back to storage; encodes quantized).
 
-  ``scale_from``, a tree like ``tree``: see :func:`adam_optax.quantized.encode`.
+  ``scale_from`` and ``codes_from``, trees like ``tree`` (the copies of :func:`copies_apart`):
+  see :func:`adam_optax.quantized.encode`.
   """
   if scale_from is None:
     return jax.tree.map(quantized.encode, tree, like)
-  return jax.tree.map(quantized.encode, tree, like, scale_from)
+  if codes_from is None:
+    return jax.tree.map(quantized.encode, tree, like, scale_from)
+  return jax.tree.map(quantized.encode, tree, like, scale_from, codes_from)
+
+
+def copies_apart(
+  compute: Callable[..., Any], inputs: tuple[Any, ...], stored: chex.ArrayTree
+) -> tuple[Any, Any]:
+  r"""``compute(*inputs)`` made again for low-bit storage: (for the scales, for 4-bit codes).
+
+  A low-bit step cannot code a block before it has the block's scale, so a GPU
+  reads the step's inputs in two passes. XLA:GPU does not find them by itself: it
+  puts the parameter update inside the reduction that takes the scales, which runs
+  at a fifth of the bandwidth. A copy of the new values computed from ``inputs``
+  behind ``jax.lax.optimization_barrier`` can neither be merged with the first
+  (CSE) nor fused with what the first feeds, so the scales taken from it
+  (:func:`adam_optax.quantized.encode`'s ``scale_from``) make a first pass of
+  their own. 4-bit codes are half as many bytes a row as the parameters, which
+  XLA does not write in the parameters' loop: from the same values it writes the
+  moment out in float32 and packs it in a third pass, so their codes come from a
+  third copy, behind a second barrier (``codes_from``): a pass of their own that
+  reads the inputs. On CUDA and ROCm only; elsewhere the barriers are the
+  identity and the copies the same computation, merged by XLA: the same program,
+  the same bits.
+
+  Args:
+    compute: makes the new values from ``inputs``.
+    inputs: what they are made from (the gradient and the stored state).
+    stored: the stored state the values go back to.
+
+  Returns:
+    ``(scale_from, codes_from)``: each ``compute``'s result, or ``None`` where
+    nothing in ``stored`` is quantized (for ``codes_from``: nothing at 4 bits).
+
+  References:
+    docs/low_memory_states.md, "Where the GPU's time goes".
+  """
+  leaves = jax.tree.leaves(stored, is_leaf=quantized.is_quantized)
+  formats = [x for x in leaves if quantized.is_quantized(x)]
+  if not formats:
+    return None, None
+  barrier = jax.lax.optimization_barrier
+
+  def apart(tree: Any) -> Any:
+    return jax.lax.platform_dependent(tree, cuda=barrier, rocm=barrier, default=lambda x: x)
+
+  inputs = apart(inputs)
+  scale_from = compute(*inputs)
+  if all(x.bits != 4 for x in formats):
+    return scale_from, None
+  return scale_from, compute(*apart(inputs))
 
 
 def warn_if_decay_vanishes(

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
-from adam_optax import _precision, _validate, quantized
+from adam_optax import _precision, _validate
 
 _NOT_A_PYTREE = (
   "ao.Moments, which ao.scale_by_moments hands to ao.bias_correct, ao.running_max "
@@ -156,20 +156,14 @@ def _moments_transformation(
       mu = optax.tree.update_moment(grad, _precision.upcast(stored_mu), b1, 1)
       return grad, mu, second_moment(grad, _precision.upcast(stored_nu))
 
-    grad, mu, nu = new_moments(updates, stored_mu, stored_nu)
-    # On a GPU, low-bit moments take their block scales from the same moments
-    # computed again behind a barrier: a first pass that reads only what makes
-    # them (quantized.encode says why). Elsewhere the twin is the same
-    # computation, merged with the first by the compiler.
-    stored = jax.tree.leaves((stored_mu, stored_nu), is_leaf=quantized.is_quantized)
-    again = (None, None, None)
-    if any(map(quantized.is_quantized, stored)):
-      apart = jax.lax.optimization_barrier
-      inputs = (updates, stored_mu, stored_nu)
-      again = new_moments(
-        *jax.lax.platform_dependent(inputs, cuda=apart, rocm=apart, default=lambda x: x)
-      )
-    _, mu_again, nu_again = again
+    inputs = (updates, stored_mu, stored_nu)
+    grad, mu, nu = new_moments(*inputs)
+    # Low-bit moments are coded from copies of the new moments made again from the
+    # inputs, apart from the first on a GPU (_precision.copies_apart says why).
+    (_, mu_scaled, nu_scaled), (_, mu_coded, nu_coded) = (
+      (None,) * 3 if copy is None else copy
+      for copy in _precision.copies_apart(new_moments, inputs, (stored_mu, stored_nu))
+    )
     count = optax.safe_increment(state.count)
     moments = Moments(
       mu=mu,
@@ -184,8 +178,8 @@ def _moments_transformation(
     # The emitted moments keep compute precision; only the state is rounded.
     new_state = MomentsState(
       count=count,
-      mu=mu_back(_precision.cast_like(mu, stored_mu, mu_again)),
-      nu=nu_back(_precision.cast_like(nu, stored_nu, nu_again)),
+      mu=mu_back(_precision.cast_like(mu, stored_mu, mu_scaled, mu_coded)),
+      nu=nu_back(_precision.cast_like(nu, stored_nu, nu_scaled, nu_coded)),
     )
     return moments, new_state
 

@@ -214,7 +214,10 @@ def zeros(
 
 
 def encode(
-  values: chex.Array, like: QuantizedArray | chex.Array, scale_from: chex.Array | None = None
+  values: chex.Array,
+  like: QuantizedArray | chex.Array,
+  scale_from: chex.Array | None = None,
+  codes_from: chex.Array | None = None,
 ) -> QuantizedArray | jax.Array:
   r"""Stores float32 ``values`` in the format of ``like`` (back to storage).
 
@@ -225,17 +228,20 @@ def encode(
   A step needs each block's scale before it can code any of the block's
   values, so a compiler that fuses the step reads its inputs in two passes.
   Given ``scale_from``, the same values computed again from inputs behind an
-  ``optimization_barrier`` (as :func:`adam_optax.scale_by_moments` does), the
+  ``optimization_barrier`` (:func:`adam_optax._precision.copies_apart`), the
   first pass reads only the inputs that make the moment (gradient and old
   codes) and the second does everything else. Without it XLA:GPU folds the
   parameter update into the first pass, a reduction, where it runs at a fifth
-  of the bandwidth (on an H200, 7.6 ms against 1.7 for an 8-bit step of 268M
-  parameters; docs/low_memory_states.md).
+  of the bandwidth (on an H200, 7.6 ms against 1.8 for an 8-bit step of 268M
+  parameters; docs/low_memory_states.md). 4-bit codes are taken from
+  ``codes_from``, a third copy, if given.
 
   Args:
     values: the moment, float32, shaped like the decoded ``like``.
     like: the stored moment of the previous step (or of ``init``).
     scale_from: ``values`` computed again; the scales are taken from it.
+    codes_from: ``values`` computed a third time; a 4-bit format's codes are
+      taken from it (other formats' from ``values``).
 
   Returns:
     The new stored moment, of ``like``'s pytree type and static format.
@@ -245,6 +251,8 @@ def encode(
   """
   if not is_quantized(like):
     return jnp.asarray(values).astype(like.dtype)
+  if like.bits == 4 and codes_from is not None:
+    values = codes_from
   if like.runs is not None:
     codes, scales, rest = _stored_blocks.encode_buffer(values, like.runs, like.signed, scale_from)
     return dataclasses.replace(like, codes=codes, scales=scales, rest=rest)

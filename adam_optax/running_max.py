@@ -70,8 +70,14 @@ def running_max(*, nu_dtype: DTypeLike | None = None) -> optax.GradientTransform
     del params
     moments = require_moments("ao.running_max", updates)
     stored, back = _precision.adopt(state.nu_max, moments.nu, nu_dtype, real=True)
-    nu_max = jax.tree.map(jnp.maximum, _precision.upcast(stored), moments.nu)
-    new_state = RunningMaxState(nu_max=back(_precision.cast_like(nu_max, stored)))
+
+    def new_max(stored: chex.ArrayTree, nu: chex.ArrayTree) -> chex.ArrayTree:
+      return jax.tree.map(jnp.maximum, _precision.upcast(stored), nu)
+
+    nu_max = new_max(stored, moments.nu)
+    # A low-bit maximum is coded from copies made apart on a GPU, as the moments are.
+    copies = _precision.copies_apart(new_max, (stored, moments.nu), stored)
+    new_state = RunningMaxState(nu_max=back(_precision.cast_like(nu_max, stored, *copies)))
     dtypes = jax.tree.map(lambda d, m: jnp.result_type(d, m.dtype), moments.dtypes, stored)
     return dataclasses.replace(moments, nu=nu_max, dtypes=dtypes), new_state
 

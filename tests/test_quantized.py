@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import pathlib
+import re
 from typing import Any
 
 import hypothesis.extra.numpy as hnp
@@ -22,7 +23,7 @@ from matrix import WITH_STORAGE, ours
 from training import assert_trees_equal, train
 
 import adam_optax as ao
-from adam_optax import _block_layout, _codes, _fields, quantized
+from adam_optax import _block_layout, _codes, _fields, _precision, quantized
 from adam_optax.benchmarks import lowbit
 from adam_optax.checkpoint import restore_checkpoint, save_checkpoint
 from adam_optax.flat import flatten_params
@@ -192,19 +193,46 @@ def test_jit_does_not_recompile_and_matches_eager(fmt: ao.Quantized) -> None:
   assert update._cache_size() == 1
 
 
-@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
-def test_on_a_gpu_the_block_scales_come_from_a_copy_behind_a_barrier(fmt: ao.Quantized) -> None:
-  # The two passes of a low-bit step on a GPU (quantized.encode's scale_from):
-  # lowered for CUDA here, on any machine; the GPU run of this suite executes it.
-  def step(tx: optax.GradientTransformation, platform: str) -> str:
-    params = _params()
-    state = tx.init(params)
-    traced = jax.jit(tx.update).trace(params, state, params)
-    return traced.lower(lowering_platforms=(platform,)).as_text()
+def _lowered(tx: optax.GradientTransformation, platform: str) -> str:
+  """The StableHLO of ``tx.update`` lowered for ``platform`` (on any machine)."""
+  params = _params()
+  traced = jax.jit(tx.update).trace(params, tx.init(params), params)
+  return traced.lower(lowering_platforms=(platform,)).as_text()
 
-  assert "optimization_barrier" in step(_both(fmt), "cuda")
-  assert "optimization_barrier" not in step(_both(fmt), "cpu")
-  assert "optimization_barrier" not in step(ao.adam(1e-3), "cuda")
+
+def _compiled_on_cpu(tx: optax.GradientTransformation) -> str:
+  """The optimized HLO of ``tx.update`` compiled for the CPU, without names and locations."""
+  params = jax.device_put(_params(), jax.devices("cpu")[0])
+  text = jax.jit(tx.update).lower(params, tx.init(params), params).compile().as_text()
+  text = re.sub(r"(?ms)^FileNames$.*?(?=^(ENTRY|%))", "", text)  # the source locations
+  text = re.sub(r", metadata=\{[^}]*\}|,? ?stack_frame_id=\d+", "", text)
+  names: dict[str, str] = {}  # instructions and computations, renamed in order of appearance
+  return re.sub(r"%[\w.-]+", lambda m: names.setdefault(m[0], f"%{len(names)}"), text)
+
+
+@pytest.mark.parametrize(
+  ("make", "bits", "barriers"),
+  [(ao.adam, 8, 1), (ao.adam, 4, 2), (ao.amsgrad, 8, 2), (ao.amsgrad, 4, 4)],
+)
+def test_on_a_gpu_low_bit_states_are_coded_from_copies_behind_barriers(
+  make: Any, bits: int, barriers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+  """The passes of a low-bit step on a GPU (_precision.copies_apart), and none elsewhere.
+
+  Per stored moment (and AMSGrad's maximum) a barrier before the copy its scales come
+  from, and at 4 bits a second before the copy its codes come from: lowered for CUDA
+  here, on any machine (the GPU run of this suite executes them). On a CPU the copies
+  are the same computation, merged by XLA: the compiled program is the one without them.
+  """
+  fmt = ao.Quantized(bits)
+  tx = make(1e-3, mu_dtype=fmt, nu_dtype=fmt)
+  assert _lowered(tx, "cuda").count("stablehlo.optimization_barrier") == barriers
+  assert "optimization_barrier" not in _lowered(tx, "cpu")
+  assert "optimization_barrier" not in _lowered(make(1e-3), "cuda")
+  with_copies = _compiled_on_cpu(tx)
+  monkeypatch.setattr(_precision, "copies_apart", lambda *args: (None, None))
+  without = _compiled_on_cpu(make(1e-3, mu_dtype=fmt, nu_dtype=fmt))
+  assert with_copies == without
 
 
 def test_vmap_init_keeps_the_logical_shape() -> None:

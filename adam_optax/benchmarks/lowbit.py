@@ -15,6 +15,7 @@ Three measurements of ``ao.adam`` with :class:`adam_optax.Quantized` moments:
   one leaf, every method timed round-robin (:mod:`adam_optax.benchmarks.rounds`),
   ratios the median of per-round ratios to ``optax.adam``; and the step's peak
   memory by XLA's accounting (:func:`adam_optax.benchmarks.compiles.step_memory_bytes`).
+  ``ao.amsgrad`` with 8-bit moments and maximum is timed beside ``optax.amsgrad``.
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ def speed(size: int, n_rounds: int, repeats: int) -> dict[str, dict[str, float]]
   for name, fmt in formats().items():
     if fmt is not None:
       txs[f"ao.adam {name}"] = ao.adam(LEARNING_RATE, mu_dtype=fmt, nu_dtype=fmt)
+  # AMSGrad's running maximum is stored like the moments: its step beside its float32 one.
+  eight = formats()["8-bit"]
+  txs["optax.amsgrad float32"] = optax.amsgrad(LEARNING_RATE)
+  txs["ao.amsgrad 8-bit"] = ao.amsgrad(LEARNING_RATE, mu_dtype=eight, nu_dtype=eight)
   calls, carries, rows = {}, {}, {}
   for name, tx in txs.items():
     state = tx.init(params)

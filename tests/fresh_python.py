@@ -41,11 +41,15 @@ def run_python(
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
   env.pop("XLA_FLAGS", None)
   if host_devices is not None:
-    # A collective waits for all its devices' threads; on 2 busy cores (pytest -n 2)
-    # one thread once came 40 s late, XLA:CPU's limit, and the process aborted:
-    # allow a slow machine minutes, within the 600 s below.
+    # A collective waits until every device's thread has reached it. The devices run
+    # on one pool of threads, which XLA:CPU also gives a matrix product's pieces
+    # (Eigen): on 2 busy cores a device could wait for its product's pieces while
+    # every other thread waited in the collective for it, for ever (seen as "only 7 of
+    # them arrived" after 400 s under pytest -n 2). Products stay on their own
+    # device's thread; a slow machine is still allowed minutes, within the 600 s below.
     env["XLA_FLAGS"] = (
       f"--xla_force_host_platform_device_count={host_devices} "
+      "--xla_cpu_multi_thread_eigen=false "
       "--xla_cpu_collective_call_terminate_timeout_seconds=400"
     )
     env["JAX_PLATFORMS"] = "cpu"

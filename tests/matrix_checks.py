@@ -318,6 +318,7 @@ def main() -> None:
   for case in CASES:
     if case.devices != 8:
       continue
+    print(f"matrix_checks: checking {case.id}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
       check(case, workdir)

@@ -94,7 +94,9 @@ def test_case_on_one_device(case: Case, tmp_path: pathlib.Path) -> None:
 
 def _run_eight_device_cases(directory: pathlib.Path) -> dict[str, Any]:
   run = run_python(["tests/matrix_checks.py", str(directory)], host_devices=8)
-  assert run.returncode == 0, f"matrix_checks.py failed:\n{run.stderr[-4000:]}"
+  started = [line for line in run.stderr.splitlines() if line.startswith("matrix_checks: ")]
+  last = started[-1] if started else "before the first case"
+  assert run.returncode == 0, f"matrix_checks.py failed ({last}):\n{run.stderr[-4000:]}"
   return {"cases": json.loads(run.stdout.strip().splitlines()[-1])}
 
 

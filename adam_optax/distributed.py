@@ -251,7 +251,11 @@ def launch(
     num_processes: how many processes to start.
     local_devices: if given, each process runs JAX on that many CPU devices
       (``XLA_FLAGS=--xla_force_host_platform_device_count`` and ``JAX_PLATFORMS=cpu``,
-      so also on a machine with a GPU, which JAX would otherwise pick).
+      so also on a machine with a GPU, which JAX would otherwise pick), each matrix
+      product on its own device's thread (``--xla_cpu_multi_thread_eigen=false``):
+      the devices and XLA:CPU's pieces of a product share one pool of threads, and on
+      a busy machine a device waiting for its product's pieces while the others wait
+      for it in a collective was seen to hang for good.
     env: the processes' environment (default: this process's).
     timeout: seconds after which every process still running is killed.
     attempts: how many ports to try.
@@ -269,7 +273,10 @@ def launch(
   """
   env = dict(os.environ if env is None else env)
   if local_devices is not None:
-    flags = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={local_devices}"
+    flags = (
+      f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={local_devices} "
+      "--xla_cpu_multi_thread_eigen=false"
+    )
     env["XLA_FLAGS"] = flags.strip()
     env["JAX_PLATFORMS"] = "cpu"
   deadline = time.monotonic() + timeout

@@ -292,26 +292,19 @@ def update_dtypes(grads: chex.ArrayTree, mu: chex.ArrayTree, nu: chex.ArrayTree)
 
 
 def cast_like(
-  tree: chex.ArrayTree,
-  like: chex.ArrayTree,
-  scale_from: chex.ArrayTree | None = None,
-  codes_from: chex.ArrayTree | None = None,
+  tree: chex.ArrayTree, like: chex.ArrayTree, *copies: chex.ArrayTree
 ) -> chex.ArrayTree:
   """Casts ``tree`` to the dtypes of ``like`` leaf by leaf (back to storage; encodes quantized).
 
-  ``scale_from`` and ``codes_from``, trees like ``tree`` (the copies of :func:`copies_apart`):
-  see :func:`adam_optax.quantized.encode`.
+  ``copies``, trees like ``tree``: what :func:`copies_apart` made, handed on to
+  :func:`adam_optax.quantized.encode` (``scale_from``, ``codes_from``).
   """
-  if scale_from is None:
-    return jax.tree.map(quantized.encode, tree, like)
-  if codes_from is None:
-    return jax.tree.map(quantized.encode, tree, like, scale_from)
-  return jax.tree.map(quantized.encode, tree, like, scale_from, codes_from)
+  return jax.tree.map(quantized.encode, tree, like, *copies)
 
 
 def copies_apart(
   compute: Callable[..., Any], inputs: tuple[Any, ...], stored: chex.ArrayTree
-) -> tuple[Any, Any]:
+) -> tuple[Any, ...]:
   r"""``compute(*inputs)`` made again for low-bit storage: (for the scales, for 4-bit codes).
 
   A low-bit step cannot code a block before it has the block's scale, so a GPU
@@ -335,8 +328,9 @@ def copies_apart(
     stored: the stored state the values go back to.
 
   Returns:
-    ``(scale_from, codes_from)``: each ``compute``'s result, or ``None`` where
-    nothing in ``stored`` is quantized (for ``codes_from``: nothing at 4 bits).
+    The copies made, each ``compute``'s result: ``(scale_from, codes_from)``,
+    ``(scale_from,)`` when nothing in ``stored`` is at 4 bits, ``()`` when
+    nothing is quantized.
 
   References:
     docs/low_memory_states.md, "Where the GPU's time goes".
@@ -344,7 +338,7 @@ def copies_apart(
   leaves = jax.tree.leaves(stored, is_leaf=quantized.is_quantized)
   formats = [x for x in leaves if quantized.is_quantized(x)]
   if not formats:
-    return None, None
+    return ()
   barrier = jax.lax.optimization_barrier
 
   def apart(tree: Any) -> Any:
@@ -353,7 +347,7 @@ def copies_apart(
   inputs = apart(inputs)
   scale_from = compute(*inputs)
   if all(x.bits != 4 for x in formats):
-    return scale_from, None
+    return (scale_from,)
   return scale_from, compute(*apart(inputs))
 
 

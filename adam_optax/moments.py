@@ -160,10 +160,7 @@ def _moments_transformation(
     grad, mu, nu = new_moments(*inputs)
     # Low-bit moments are coded from copies of the new moments made again from the
     # inputs, apart from the first on a GPU (_precision.copies_apart says why).
-    (_, mu_scaled, nu_scaled), (_, mu_coded, nu_coded) = (
-      (None,) * 3 if copy is None else copy
-      for copy in _precision.copies_apart(new_moments, inputs, (stored_mu, stored_nu))
-    )
+    copies = _precision.copies_apart(new_moments, inputs, (stored_mu, stored_nu))
     count = optax.safe_increment(state.count)
     moments = Moments(
       mu=mu,
@@ -178,8 +175,8 @@ def _moments_transformation(
     # The emitted moments keep compute precision; only the state is rounded.
     new_state = MomentsState(
       count=count,
-      mu=mu_back(_precision.cast_like(mu, stored_mu, mu_scaled, mu_coded)),
-      nu=nu_back(_precision.cast_like(nu, stored_nu, nu_scaled, nu_coded)),
+      mu=mu_back(_precision.cast_like(mu, stored_mu, *(c[1] for c in copies))),
+      nu=nu_back(_precision.cast_like(nu, stored_nu, *(c[2] for c in copies))),
     )
     return moments, new_state
 

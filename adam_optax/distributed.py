@@ -176,6 +176,36 @@ def _read(log: IO[bytes]) -> str:
   return os.pread(log.fileno(), size, 0).decode(errors="replace")
 
 
+def on_host_devices(env: Mapping[str, str], count: int) -> dict[str, str]:
+  """``env`` for a process that runs JAX on ``count`` CPU devices, whatever accelerator is here.
+
+  ``XLA_FLAGS`` gains ``--xla_force_host_platform_device_count`` (it only splits the
+  CPU) and ``JAX_PLATFORMS=cpu`` names the platform, which JAX would otherwise take
+  to be a GPU. Each matrix product stays on its own device's thread
+  (``--xla_cpu_multi_thread_eigen=false``): the devices and XLA:CPU's pieces of a
+  product share one pool of threads, and on a busy machine a device waiting for its
+  product's pieces while the others waited for it in a collective was seen to hang
+  for good.
+
+  Examples:
+    >>> from adam_optax.distributed import on_host_devices
+    >>> on_host_devices({}, 8)["JAX_PLATFORMS"]
+    'cpu'
+
+  Args:
+    env: the environment to start from (its ``XLA_FLAGS`` are kept, first).
+    count: the number of CPU devices.
+
+  Returns:
+    A new environment.
+  """
+  flags = (
+    f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count} "
+    "--xla_cpu_multi_thread_eigen=false"
+  )
+  return {**env, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
+
+
 def _run_until(
   args: Sequence[str], num_processes: int, env: Mapping[str, str], timeout: float, deadline: float
 ) -> list[subprocess.CompletedProcess[str]]:
@@ -249,13 +279,8 @@ def launch(
   Args:
     args: the interpreter's arguments: a script and its arguments, or ``-c`` and code.
     num_processes: how many processes to start.
-    local_devices: if given, each process runs JAX on that many CPU devices
-      (``XLA_FLAGS=--xla_force_host_platform_device_count`` and ``JAX_PLATFORMS=cpu``,
-      so also on a machine with a GPU, which JAX would otherwise pick), each matrix
-      product on its own device's thread (``--xla_cpu_multi_thread_eigen=false``):
-      the devices and XLA:CPU's pieces of a product share one pool of threads, and on
-      a busy machine a device waiting for its product's pieces while the others wait
-      for it in a collective was seen to hang for good.
+    local_devices: if given, each process runs JAX on that many CPU devices, also
+      on a machine with a GPU (:func:`on_host_devices`).
     env: the processes' environment (default: this process's).
     timeout: seconds after which every process still running is killed.
     attempts: how many ports to try.
@@ -273,12 +298,7 @@ def launch(
   """
   env = dict(os.environ if env is None else env)
   if local_devices is not None:
-    flags = (
-      f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={local_devices} "
-      "--xla_cpu_multi_thread_eigen=false"
-    )
-    env["XLA_FLAGS"] = flags.strip()
-    env["JAX_PLATFORMS"] = "cpu"
+    env = on_host_devices(env, local_devices)
   deadline = time.monotonic() + timeout
   for _ in range(attempts):
     runs = _run_until(args, num_processes, env, timeout, deadline)

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from adam_optax.distributed import on_host_devices
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -30,9 +32,7 @@ def run_python(
     args: the interpreter's arguments (a script, or ``-c`` and code).
     stdin: text for the process's standard input.
     host_devices: run JAX on this many CPU devices, whatever accelerator the
-      machine has: ``XLA_FLAGS=--xla_force_host_platform_device_count`` only splits
-      the CPU, and on a machine with a GPU JAX would still pick the GPU (one
-      device), so ``JAX_PLATFORMS=cpu`` names the platform too. ``None`` leaves
+      machine has (:func:`adam_optax.distributed.on_host_devices`). ``None`` leaves
       JAX to pick its platform, with no ``XLA_FLAGS``, as a user's process would.
 
   Returns:
@@ -41,18 +41,10 @@ def run_python(
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
   env.pop("XLA_FLAGS", None)
   if host_devices is not None:
-    # A collective waits until every device's thread has reached it. The devices run
-    # on one pool of threads, which XLA:CPU also gives a matrix product's pieces
-    # (Eigen): on 2 busy cores a device could wait for its product's pieces while
-    # every other thread waited in the collective for it, for ever (seen as "only 7 of
-    # them arrived" after 400 s under pytest -n 2). Products stay on their own
-    # device's thread; a slow machine is still allowed minutes, within the 600 s below.
-    env["XLA_FLAGS"] = (
-      f"--xla_force_host_platform_device_count={host_devices} "
-      "--xla_cpu_multi_thread_eigen=false "
-      "--xla_cpu_collective_call_terminate_timeout_seconds=400"
-    )
-    env["JAX_PLATFORMS"] = "cpu"
+    # A slow machine (2 busy cores, pytest -n 2) is allowed minutes in a collective,
+    # within the 600 s below, not XLA:CPU's 40 s.
+    env = on_host_devices(env, host_devices)
+    env["XLA_FLAGS"] += " --xla_cpu_collective_call_terminate_timeout_seconds=400"
   return subprocess.run(
     [sys.executable, *args],
     input=stdin,
